@@ -1,0 +1,116 @@
+"""QuantU-Net loss: BCE + Dice + lambda * bit-width term (arXiv 2503.08719, lambda = 0.25).
+
+The paper does not publish the normalisation of the bit term. Here it is
+
+    bit_term = reduce(widths of the selected layers) / max_bit_width   (if ``normalize_bits``)
+
+with ``bit_reduction="mean"`` (one vote per layer, the paper's "average bits") or ``"size_weighted"``
+(weights weighted by their count, i.e. weight memory / number of weights; activations keep one vote each and
+are averaged with equal total weight). With the defaults the term lies in [0.25, 1] for widths in [2, 8], so
+``lambda_bits = 0.25`` trades one full step of Dice loss against all layers dropping from 8 to 2 bits.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from monai.losses import DiceLoss
+
+from monai_quantunet.bitwidth import bit_width_tensors
+from monai_quantunet.networks.quantunet import MAX_BITS
+
+__all__ = ["QuantUNetLoss", "bit_width_term"]
+
+BIT_REDUCTIONS = ("mean", "size_weighted")
+
+
+def bit_width_term(
+    model: nn.Module,
+    reduction: Literal["mean", "size_weighted"] = "mean",
+    include_activations: bool = True,
+    normalize: bool = True,
+    max_bit_width: int = MAX_BITS,
+) -> torch.Tensor:
+    """Differentiable bit-width penalty of ``model`` (0-d tensor; 0 for a model without quantizers)."""
+    if reduction not in BIT_REDUCTIONS:
+        raise ValueError(f"bit_reduction must be one of {BIT_REDUCTIONS}, got {reduction!r}")
+    terms = bit_width_tensors(model, ("weight", "activation") if include_activations else ("weight",))
+    weights = [(b, n) for kind, b, n in terms if kind == "weight"]
+    acts = [b for kind, b, _ in terms if kind == "activation"]
+    if not weights and not acts:
+        return torch.zeros(())
+    parts = []
+    if weights:
+        if reduction == "mean":
+            parts.append(torch.stack([b for b, _ in weights]).mean())
+        else:
+            total = sum(n for _, n in weights)
+            parts.append(sum(b * (n / total) for b, n in weights))
+    if acts:
+        parts.append(torch.stack(acts).mean())
+    term = torch.stack(parts).mean()
+    return term / max_bit_width if normalize else term
+
+
+class QuantUNetLoss(nn.Module):
+    """``bce_weight * BCE + dice_weight * Dice + lambda_bits * bit_term(model)``.
+
+    Args:
+        model: the network whose bit widths are penalised (held by reference, not registered as a submodule).
+        lambda_bits: weight of the bit term (>= 0); 0 trains the widths on the task loss alone.
+        bit_reduction: ``"mean"`` (paper) or ``"size_weighted"``, see :func:`bit_width_term`.
+        include_activations: penalise activation widths as well as weight widths.
+        normalize_bits: divide the term by ``max_bit_width`` (term in [0.25, 1] for widths 2..8).
+        bce_weight, dice_weight: weights of the segmentation terms (>= 0).
+
+    ``forward(logits, target)``: logits and target ``(B, 1, H, W)``, target in {0, 1}. Returns a 0-d tensor;
+    the last call's parts are in ``self.last_components`` (floats: ``bce``, ``dice``, ``bits``, ``total``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lambda_bits: float = 0.25,
+        bit_reduction: Literal["mean", "size_weighted"] = "mean",
+        include_activations: bool = True,
+        normalize_bits: bool = True,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("lambda_bits", lambda_bits), ("bce_weight", bce_weight), ("dice_weight", dice_weight)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if bit_reduction not in BIT_REDUCTIONS:
+            raise ValueError(f"bit_reduction must be one of {BIT_REDUCTIONS}, got {bit_reduction!r}")
+        self._model = [model]  # a list keeps the model out of this module's state_dict and parameters
+        self.lambda_bits = lambda_bits
+        self.bit_reduction = bit_reduction
+        self.include_activations = include_activations
+        self.normalize_bits = normalize_bits
+        self.bce_weight = bce_weight
+        self.dice_weight = dice_weight
+        self.bce = nn.BCEWithLogitsLoss()
+        self.dice = DiceLoss(sigmoid=True, batch=True)
+        self.last_components: dict[str, float] = {}
+
+    def bit_term(self) -> torch.Tensor:
+        return bit_width_term(self._model[0], self.bit_reduction, self.include_activations, self.normalize_bits)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape != target.shape:
+            raise ValueError(f"logits shape {tuple(logits.shape)} differs from target shape {tuple(target.shape)}")
+        target = target.to(logits.dtype)
+        bce = self.bce(logits, target)
+        dice = self.dice(logits, target)
+        bits = self.bit_term().to(logits.device)
+        total = self.bce_weight * bce + self.dice_weight * dice + self.lambda_bits * bits
+        self.last_components = {
+            "bce": float(bce.detach()),
+            "dice": float(dice.detach()),
+            "bits": float(bits.detach()),
+            "total": float(total.detach()),
+        }
+        return total

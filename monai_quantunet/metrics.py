@@ -1,0 +1,47 @@
+"""Per-volume segmentation metrics: Dice (main metric), IoU, and pixel accuracy (the paper's "accuracy")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from monai.handlers import IgniteMetricHandler
+from monai.metrics import CumulativeIterationMetric
+
+__all__ = ["volume_metrics", "PixelAccuracyMetric", "PixelAccuracy"]
+
+
+def volume_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+    """Dice, IoU and pixel accuracy of one binary volume pair (any equal shapes; nonzero = foreground).
+
+    Both empty gives Dice = IoU = 1 (nothing to find, nothing found).
+    """
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(label.shape)}")
+    p, g = pred.bool(), label.bool()
+    inter = (p & g).sum().item()
+    union = (p | g).sum().item()
+    total = p.sum().item() + g.sum().item()
+    return {
+        "dice": 2.0 * inter / total if total else 1.0,
+        "iou": inter / union if union else 1.0,
+        "accuracy": (p == g).float().mean().item(),
+    }
+
+
+class PixelAccuracyMetric(CumulativeIterationMetric):
+    """Fraction of voxels where the binary prediction equals the label, per batch item, averaged."""
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        dims = tuple(range(1, y_pred.ndim))
+        return (y_pred.bool() == y.bool()).float().mean(dim=dims, keepdim=False).unsqueeze(1)
+
+    def aggregate(self) -> torch.Tensor:
+        return self.get_buffer().mean()
+
+
+class PixelAccuracy(IgniteMetricHandler):
+    """Ignite handler of :class:`PixelAccuracyMetric` (for ``SupervisedEvaluator.additional_metrics``)."""
+
+    def __init__(self, output_transform: Callable = lambda x: x, save_details: bool = True) -> None:
+        super().__init__(metric_fn=PixelAccuracyMetric(), output_transform=output_transform, save_details=save_details)

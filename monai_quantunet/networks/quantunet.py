@@ -1,0 +1,258 @@
+"""QuantU-Net: a 2D U-Net whose per-layer weight and activation bit widths are Brevitas parameters.
+
+The topology follows the classic 4-level U-Net (23 convolution layers: 18 3x3 convs, 4 transposed 2x2
+up-convolutions, one 1x1 head) and the rules FINN needs to build it as a dataflow accelerator:
+
+* an 8-bit signed input quantizer;
+* every conv without bias, followed by BatchNorm and a quantized ReLU (FINN folds BN into thresholds);
+* the skip branch and the up branch of each concatenation end in the *same* ``QuantReLU`` instance, so both
+  concat inputs share one scale and bit width;
+* 2x2 max pooling, transposed convs with kernel == stride == 2 and groups 1;
+* the graph ends at the logits (no sigmoid): ``logit > 0`` is the tumor mask.
+
+``quantization`` selects the mode from the same class:
+
+* ``"learned"``: weight and activation bit widths are trainable parameters, initialised at ``bit_width`` and
+  clamped to ``[min_bit_width, max_bit_width]``;
+* ``"fixed"``: uniform ``bit_width`` bits everywhere (the baselines, e.g. 8/4/3/2);
+* ``"float"``: the float twin, identical topology and parameter names for weights and BatchNorm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from brevitas.nn import QuantConv2d, QuantConvTranspose2d, QuantIdentity, QuantReLU
+from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
+
+__all__ = ["QuantUNet", "FloatUNet", "QUANTIZATION_MODES", "MIN_BITS", "MAX_BITS"]
+
+QUANTIZATION_MODES = ("learned", "fixed", "float")
+MIN_BITS = 2
+MAX_BITS = 8
+NUM_LEVELS = 4  # pooling steps: input size must be divisible by 2**NUM_LEVELS
+
+Quantization = Literal["learned", "fixed", "float"]
+
+
+class QuantUNet(nn.Module):
+    """2D U-Net with trainable (or fixed) per-layer bit widths, FINN-compatible.
+
+    Args:
+        in_channels: number of input channels (1 for FLAIR only).
+        out_channels: number of output logit channels (1 = tumor logit).
+        channels: feature channels of the 5 resolution levels, encoder to bottleneck.
+        quantization: ``"learned"``, ``"fixed"`` or ``"float"`` (see module docstring).
+        bit_width: initial width (learned) or uniform width (fixed) of weights and activations, in bits.
+        min_bit_width: lower clamp of learned widths (>= 2).
+        max_bit_width: upper clamp of learned widths (<= 8, FINN activations must fit 8 bits).
+        input_bit_width: width of the signed input quantizer (fixed, 8 by default).
+
+    Input: ``(B, in_channels, H, W)`` float, H and W divisible by 16.
+    Output: ``(B, out_channels, H, W)`` logits.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        quantization: Quantization = "learned",
+        bit_width: int = 8,
+        min_bit_width: int = MIN_BITS,
+        max_bit_width: int = MAX_BITS,
+        input_bit_width: int = 8,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("out_channels", out_channels)
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != NUM_LEVELS + 1:
+            raise ValueError(f"channels must list {NUM_LEVELS + 1} levels, got {len(channels)}: {channels}")
+        for c in channels:
+            _check_positive_int("channels", c)
+        if quantization not in QUANTIZATION_MODES:
+            raise ValueError(f"quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}")
+        for name, value in (
+            ("bit_width", bit_width),
+            ("min_bit_width", min_bit_width),
+            ("max_bit_width", max_bit_width),
+            ("input_bit_width", input_bit_width),
+        ):
+            if not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+                raise ValueError(f"{name} must be an integer in [{MIN_BITS}, {MAX_BITS}], got {value!r}")
+        if min_bit_width > max_bit_width:
+            raise ValueError(f"min_bit_width ({min_bit_width}) must not exceed max_bit_width ({max_bit_width})")
+        if quantization == "learned" and not min_bit_width <= bit_width <= max_bit_width:
+            raise ValueError(
+                f"bit_width ({bit_width}) must lie in [min_bit_width, max_bit_width] = [{min_bit_width}, {max_bit_width}]"
+            )
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.channels = channels
+        self.quantization = quantization
+        self._factory = _LayerFactory(quantization, bit_width, min_bit_width, max_bit_width)
+
+        self.input_quant = self._factory.input_quant(input_bit_width)
+        # Encoder: level i = conv-BN-act, conv-BN-act(shared with the decoder's up branch), maxpool.
+        # (a plain list: each shared instance is registered where it first acts, as encoder.<level>.5)
+        skip_acts = [self._factory.act() for _ in channels[:-1]]
+        self.encoder = nn.ModuleList()
+        prev = in_channels
+        for level, ch in enumerate(channels[:-1]):
+            self.encoder.append(self._double_conv(prev, ch, last_act=skip_acts[level]))
+            prev = ch
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.bottleneck = self._double_conv(channels[-2], channels[-1])
+        # Decoder: up-conv-BN-(shared act), concat, conv-BN-act, conv-BN-act.
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in reversed(range(NUM_LEVELS)):
+            ch = channels[level]
+            self.up.append(
+                nn.Sequential(
+                    self._factory.conv_transpose(channels[level + 1], ch),
+                    nn.BatchNorm2d(ch),
+                    skip_acts[level],
+                )
+            )
+            self.decoder.append(self._double_conv(2 * ch, ch))
+        # 1x1 head to logits; the bias is a separate add so the conv stays bias-free for FINN (host-side add).
+        self.head = self._factory.conv(channels[0], out_channels, kernel_size=1)
+        self.head_bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+    def _double_conv(self, in_ch: int, out_ch: int, last_act: nn.Module | None = None) -> nn.Sequential:
+        return nn.Sequential(
+            self._factory.conv(in_ch, out_ch, kernel_size=3),
+            nn.BatchNorm2d(out_ch),
+            self._factory.act(),
+            self._factory.conv(out_ch, out_ch, kernel_size=3),
+            nn.BatchNorm2d(out_ch),
+            last_act if last_act is not None else self._factory.act(),
+        )
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` if ``x`` is not ``(B, in_channels, H, W)`` with H, W divisible by 16."""
+        if x.ndim != 4:
+            raise ValueError(f"input must be 2D images shaped (B, C, H, W); got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels, the network expects in_channels={self.in_channels}")
+        divisor = 2**NUM_LEVELS
+        if x.shape[2] % divisor or x.shape[3] % divisor:
+            raise ValueError(f"input spatial size {tuple(x.shape[2:])} must be divisible by {divisor}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.input_quant(x)
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
+            x = block(torch.cat([skip, up(x)], dim=1))
+        return self.head(x) + self.head_bias
+
+    def load_float_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Initialise from a float twin's ``state_dict`` (weights, BatchNorm, head bias).
+
+        Quantizer state (scales, bit widths) keeps its initialisation. Raises ``ValueError`` if a float
+        tensor has no counterpart or a different shape.
+        """
+        own = self.state_dict()
+        unknown = [k for k in state_dict if k not in own]
+        mismatched = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
+        if unknown or mismatched:
+            raise ValueError(
+                f"float state_dict does not match this network: unknown keys {unknown[:5]}, "
+                f"shape mismatches {mismatched[:5]}"
+            )
+        self.load_state_dict(state_dict, strict=False)
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
+        """Set activation scales from data (Brevitas calibration mode; BatchNorm statistics untouched).
+
+        Use after :meth:`load_float_weights` for post-training quantization or to start QAT from
+        calibrated ranges. ``batches``: iterable of ``(B, in_channels, H, W)`` tensors.
+        """
+        from brevitas.graph.calibrate import calibration_mode
+
+        was_training = self.training
+        self.eval()
+        with calibration_mode(self):
+            for x in batches:
+                self(x)
+        self.train(was_training)
+
+
+class FloatUNet(QuantUNet):
+    """The float twin of :class:`QuantUNet`: same topology and parameter names, no quantization."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+    ) -> None:
+        super().__init__(in_channels, out_channels, channels, quantization="float")
+
+
+class _LayerFactory:
+    """Builds the conv / activation layers of one quantization mode with shared settings."""
+
+    def __init__(self, quantization: str, bit_width: int, min_bit_width: int, max_bit_width: int) -> None:
+        self.quantization = quantization
+        self.bit_width = bit_width
+        self.min_bit_width = min_bit_width
+        self.max_bit_width = max_bit_width
+
+    def _width_kwargs(self, prefix: str) -> dict:
+        if self.quantization == "fixed":
+            return {f"{prefix}bit_width": self.bit_width}
+        # Brevitas: width = clamp_ste(round_ste(|offset| + 2)); the offset_*_val bounds act on the total width.
+        return {
+            f"{prefix}bit_width": self.bit_width,
+            f"{prefix}bit_width_impl_type": "parameter",
+            f"{prefix}bit_width_offset_min_val": self.min_bit_width,
+            f"{prefix}bit_width_offset_max_val": self.max_bit_width,
+        }
+
+    def _weight_kwargs(self) -> dict:
+        return {
+            "bias": False,
+            "weight_quant": Int8WeightPerChannelFloat,
+            "weight_scaling_impl_type": "parameter_from_stats",
+            **self._width_kwargs("weight_"),
+        }
+
+    def conv(self, in_ch: int, out_ch: int, kernel_size: int) -> nn.Module:
+        padding = kernel_size // 2
+        if self.quantization == "float":
+            return nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=False)
+        return QuantConv2d(in_ch, out_ch, kernel_size, padding=padding, **self._weight_kwargs())
+
+    def conv_transpose(self, in_ch: int, out_ch: int) -> nn.Module:
+        if self.quantization == "float":
+            return nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2, bias=False)
+        return QuantConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2, **self._weight_kwargs())
+
+    def act(self) -> nn.Module:
+        if self.quantization == "float":
+            return nn.ReLU()
+        return QuantReLU(act_quant=Uint8ActPerTensorFloat, **self._width_kwargs(""))
+
+    def input_quant(self, bit_width: int) -> nn.Module:
+        if self.quantization == "float":
+            return nn.Identity()
+        return QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=bit_width)
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,164 @@
+"""MONAI transform chains shared by the bundle, the demo, the MONAI Label app and the benchmarks.
+
+Volumes are 3D ``(C, X, Y, Z)`` with axial slices along Z (after ``Orientationd("RAS")``). The network sees
+2D slices resized in-plane to ``spatial_size`` and intensity-scaled per volume to [0, 1] between the 0.5th and
+99.5th percentiles (robust to the scanner's range; MRI has no absolute units).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+    SqueezeDimd,
+)
+
+__all__ = [
+    "CheckVolumed",
+    "load_transforms",
+    "train_transforms",
+    "val_transforms",
+    "inference_transforms",
+    "DEFAULT_SPATIAL_SIZE",
+]
+
+DEFAULT_SPATIAL_SIZE = (128, 128)
+
+
+class CheckVolumed(MapTransform):
+    """Validate a loaded case: 3D image, finite voxels, label shaped as the image with values in {0, 1}.
+
+    A label stored as 0/255 (the Kaggle release's masks) is binarised (``> 0``) when ``binarize_label`` is
+    True; any other value set raises. Errors name the case (``image_meta_dict`` / ``filename_or_obj``).
+    """
+
+    def __init__(self, image_key: str = "image", label_key: str | None = "label", binarize_label: bool = True):
+        super().__init__([image_key] + ([label_key] if label_key else []), allow_missing_keys=True)
+        self.image_key = image_key
+        self.label_key = label_key
+        self.binarize_label = binarize_label
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        image = d[self.image_key]
+        case = _case_name(image)
+        if image.ndim != 4:  # channel-first 3D
+            raise ValueError(
+                f"{case}: expected a 3D volume, got an image of shape {tuple(image.shape[1:])} (2D images are not "
+                "supported; stack slices into a volume)"
+            )
+        if not torch.isfinite(torch.as_tensor(image)).all():
+            raise ValueError(f"{case}: image contains NaN or infinite voxels")
+        if self.label_key and self.label_key in d:
+            label = d[self.label_key]
+            if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+                raise ValueError(
+                    f"{case}: label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])}"
+                )
+            values = torch.unique(torch.as_tensor(label))
+            if not set(values.tolist()) <= {0, 1}:
+                if not self.binarize_label or (values < 0).any():
+                    raise ValueError(f"{case}: label values must be 0 or 1, found {values.tolist()[:10]}")
+                label = label > 0
+            d[self.label_key] = label.to(torch.uint8) if hasattr(label, "to") else label
+        return d
+
+
+def _case_name(img) -> str:
+    meta = getattr(img, "meta", {}) or {}
+    return str(meta.get("filename_or_obj", "image"))
+
+
+def load_transforms(keys: KeysCollection = ("image", "label"), binarize_label: bool = True) -> list:
+    """Load, channel-first, RAS orientation, checks, percentile scaling of the image to [0, 1]."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    label_key = "label" if "label" in keys else None
+    return [
+        LoadImaged(keys=keys, image_only=True),
+        EnsureChannelFirstd(keys=keys),
+        CheckVolumed(image_key="image", label_key=label_key, binarize_label=binarize_label),
+        Orientationd(keys=keys, axcodes="RAS"),
+        ScaleIntensityRangePercentilesd(
+            keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, relative=False
+        ),
+        EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True),
+    ]
+
+
+def _resize_inplane(keys: Sequence[str], spatial_size: Sequence[int]) -> Resized:
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    return Resized(keys=keys, spatial_size=(*spatial_size, -1), mode=modes, anti_aliasing=False)
+
+
+def train_transforms(
+    spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE,
+    num_samples: int = 8,
+    pos: float = 2.0,
+    neg: float = 1.0,
+    augment: bool = True,
+) -> Compose:
+    """3D case -> ``num_samples`` 2D slices ``(1, H, W)``, tumor-aware: a slice holds tumor with odds pos:neg.
+
+    Slices are drawn with ``RandCropByPosNegLabeld`` on a (H, W, 1) window, so positives centre on tumor
+    voxels; augmentation: flips, small affine, contrast/intensity jitter and noise, as suits MRI.
+    """
+    keys = ["image", "label"]
+    chain = load_transforms(keys) + [
+        _resize_inplane(keys, spatial_size),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=(*spatial_size, 1),
+            pos=pos,
+            neg=neg,
+            num_samples=num_samples,
+            image_key="image",
+            allow_smaller=False,
+        ),
+        SqueezeDimd(keys=keys, dim=-1),
+    ]
+    if augment:
+        chain += [
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+            RandAffined(
+                keys=keys,
+                prob=0.3,
+                rotate_range=np.pi / 12,
+                scale_range=0.1,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
+            RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
+            RandGaussianNoised(keys="image", std=0.02, prob=0.2),
+        ]
+    return Compose(chain)
+
+
+def val_transforms(spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE) -> Compose:
+    """Whole volumes, resized in-plane to ``spatial_size`` (the validation Dice is computed at that size)."""
+    keys = ["image", "label"]
+    return Compose(load_transforms(keys) + [_resize_inplane(keys, spatial_size)])
+
+
+def inference_transforms(spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE) -> Compose:
+    """Image only; invertible (``Invertd`` / ``Restored``) back to the input's geometry."""
+    return Compose(load_transforms("image") + [_resize_inplane(["image"], spatial_size)])

@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("QUANTUNET_SHARED_DATA", REPO.parent / "shared" / "data"))
+BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data; skips the test when it is absent (fresh clone without the data)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    from monai_quantunet.data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(root, num_cases=6, shape=(48, 48, 8), num_validation=2)
+    return root
