@@ -25,6 +25,7 @@ __all__ = [
     "make_synthetic_dataset",
     "write_datalist",
     "load_datalist",
+    "list_volumes",
 ]
 
 LGG_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -189,3 +190,30 @@ def load_datalist(datalist: str | Path, key: str = "training", base_dir: str | P
     if missing:
         raise ValueError(f"{datalist}: {len(missing)} listed file(s) not found, e.g. {missing[0]}")
     return items
+
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def list_volumes(source: str | Path, datalist_key: str = "validation") -> list[dict]:
+    """Inputs for inference / evaluation as ``[{"image": path, ("label": path)}]``.
+
+    ``source`` is one volume file, a folder of volumes (NIfTI / NRRD / MetaImage; a folder without volumes but
+    with a ``dataset.json`` uses that), or a decathlon datalist ``.json`` (entries of ``datalist_key``, labels
+    kept). Raises ``ValueError`` naming ``source`` when nothing is found.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix == ".json":
+        return load_datalist(source, datalist_key)
+    if source.is_file():
+        if not source.name.lower().endswith(VOLUME_SUFFIXES):
+            raise ValueError(f"{source}: not a volume file (expected one of {', '.join(VOLUME_SUFFIXES)})")
+        return [{"image": str(source)}]
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
+        if files:
+            return [{"image": str(p)} for p in files]
+        if (source / "dataset.json").is_file():
+            return load_datalist(source / "dataset.json", datalist_key)
+        raise ValueError(f"{source}: no NIfTI / NRRD volumes (and no dataset.json) found")
+    raise ValueError(f"{source}: no such file or folder")

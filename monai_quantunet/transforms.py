@@ -36,6 +36,7 @@ __all__ = [
     "train_transforms",
     "val_transforms",
     "inference_transforms",
+    "evaluation_transforms",
     "DEFAULT_SPATIAL_SIZE",
 ]
 
@@ -162,3 +163,8 @@ def val_transforms(spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE) -> Compos
 def inference_transforms(spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE) -> Compose:
     """Image only; invertible (``Invertd`` / ``Restored``) back to the input's geometry."""
     return Compose(load_transforms("image") + [_resize_inplane(["image"], spatial_size)])
+
+
+def evaluation_transforms(spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE) -> Compose:
+    """Image and label; only the image is resized, so the inverted prediction meets the label at full size."""
+    return Compose(load_transforms(["image", "label"]) + [_resize_inplane(["image"], spatial_size)])

@@ -34,6 +34,9 @@ QUANTIZATION_MODES = ("learned", "fixed", "float")
 MIN_BITS = 2
 MAX_BITS = 8
 NUM_LEVELS = 4  # pooling steps: input size must be divisible by 2**NUM_LEVELS
+# Activation scales start from a percentile of the first training batches, then are learned parameters;
+# 30 batches (Brevitas default 300) keeps the costly percentile search out of most of a short QAT run.
+ACT_STATS_STEPS = 30
 
 Quantization = Literal["learned", "fixed", "float"]
 
@@ -245,12 +248,12 @@ class _LayerFactory:
     def act(self) -> nn.Module:
         if self.quantization == "float":
             return nn.ReLU()
-        return QuantReLU(act_quant=Uint8ActPerTensorFloat, **self._width_kwargs(""))
+        return QuantReLU(act_quant=Uint8ActPerTensorFloat, collect_stats_steps=ACT_STATS_STEPS, **self._width_kwargs(""))
 
     def input_quant(self, bit_width: int) -> nn.Module:
         if self.quantization == "float":
             return nn.Identity()
-        return QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=bit_width)
+        return QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=bit_width, collect_stats_steps=ACT_STATS_STEPS)
 
 
 def _check_positive_int(name: str, value: int) -> None:

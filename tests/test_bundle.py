@@ -1,0 +1,123 @@
+"""Model-zoo style bundle tests: ConfigWorkflow initialize -> run -> finalize on tiny generated volumes."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from conftest import BUNDLE, SHARED_DATA
+
+CONFIGS = BUNDLE / "configs"
+TINY = {"channels": [4, 8, 8, 16, 16], "spatial_size": [32, 32]}
+
+
+def _run(config_file, **override):
+    workflow = ConfigWorkflow(config_file=config_file, workflow_type=override.pop("workflow_type", None), **override)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    workflow = _run(
+        str(CONFIGS / "train.json"),
+        workflow_type="train",
+        bundle_root=str(BUNDLE),
+        dataset_dir=str(synthetic_dataset),
+        max_epochs=1,
+        num_samples=2,
+        ckpt_dir=str(out),
+        output_dir=str(out),
+        **TINY,
+    )
+    return workflow, out
+
+
+def test_train_workflow(trained):
+    workflow, out = trained
+    assert workflow.check_properties() == []
+    assert (out / "model.pt").is_file()
+    history = json.loads((out / "bit_widths.json").read_text())
+    assert history[0]["epoch"] == 1 and "val_dice" in history[0]
+    assert len([r for r in history[0]["layers"] if r["kind"] == "weight"]) == 23
+    assert (out / "bit_widths.png").is_file()
+    state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert any("bit_width_offset" in k for k in state)
+
+
+def test_float_then_qat_recipe(synthetic_dataset, tmp_path):
+    _run(str(CONFIGS / "train.json"), bundle_root=str(BUNDLE), dataset_dir=str(synthetic_dataset), max_epochs=1,
+         num_samples=2, quantization="float", ckpt_dir=str(tmp_path), output_dir=str(tmp_path), **TINY)
+    assert (tmp_path / "float_model.pt").is_file()
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), bundle_root=str(BUNDLE),
+                              dataset_dir=str(synthetic_dataset), float_checkpoint=str(tmp_path / "float_model.pt"),
+                              ckpt_dir=str(tmp_path), output_dir=str(tmp_path), **TINY)
+    workflow.initialize()
+    float_state = torch.load(tmp_path / "float_model.pt", weights_only=True)
+    net = workflow.parser.get_parsed_content("network")
+    assert torch.equal(net.encoder[0][0].weight, float_state["encoder.0.0.weight"])
+
+
+def test_inference_writes_masks_with_input_geometry(trained, synthetic_dataset, tmp_path):
+    _, out = trained
+    _run(str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), dataset_dir=str(synthetic_dataset / "imagesTr"),
+         checkpoint=str(out / "model.pt"), output_dir=str(tmp_path), **TINY)
+    for image in sorted((synthetic_dataset / "imagesTr").glob("*.nii.gz")):
+        case = image.name.removesuffix(".nii.gz")
+        mask = nib.load(tmp_path / f"{case}_seg.nii.gz")
+        ref = nib.load(image)
+        assert mask.shape == ref.shape
+        np.testing.assert_allclose(mask.affine, ref.affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_evaluation_writes_metrics(trained, synthetic_dataset, tmp_path):
+    _, out = trained
+    _run([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")], bundle_root=str(BUNDLE),
+         dataset_dir=str(synthetic_dataset / "dataset.json"), checkpoint=str(out / "model.pt"),
+         output_dir=str(tmp_path), **TINY)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["summary"]["num_cases"] == 2
+    for case in summary["cases"]:
+        assert 0 <= case["dice"] <= 1 and 0 <= case["iou"] <= case["dice"] + 1e-9 and 0.5 < case["accuracy"] <= 1
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("case,dice,iou,accuracy") and len(rows) == 3
+
+
+def test_metadata_matches_zoo_schema_and_network():
+    jsonschema = pytest.importorskip("jsonschema")
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    schema_path = SHARED_DATA.parent / "zoo_schema" / meta["schema"].rsplit("/", 1)[-1]
+    if not schema_path.is_file():
+        pytest.skip(f"schema copy not available at {schema_path}")
+    jsonschema.validate(meta, json.loads(schema_path.read_text()))
+    assert meta["version"] in meta["changelog"]
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), n=1, device="cpu", bundle_root=str(BUNDLE),
+                      channels=TINY["channels"])
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:  # MONAI wraps config errors in "Failed to evaluate ..."
+        exc = exc.__cause__
+    return exc
+
+
+def test_bad_dataset_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception) as err:
+        _run(str(CONFIGS / "train.json"), bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "missing"), **TINY)
+    assert "missing does not exist" in str(_root_cause(err.value))
+
+
+def test_empty_inference_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception) as err:
+        _run(str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), dataset_dir=str(tmp_path), **TINY)
+    assert "no NIfTI / NRRD volumes" in str(_root_cause(err.value))
