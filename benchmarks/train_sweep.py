@@ -66,7 +66,7 @@ def _launch(name: str, args: argparse.Namespace, epochs: int, log_name: str) -> 
         "checkpoint_name": "model.pt",
         "val_interval": args.val_interval,
         "batch_size": args.batch_size,
-        "num_samples": args.num_samples,
+        "samples_per_epoch": args.samples_per_epoch,
         "num_workers": args.num_workers,
         "seed": args.seed,
     }
@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--probe-epochs", type=int, default=1)
     parser.add_argument("--max-epochs", type=int, default=1000, help="upper bound on the epochs")
     parser.add_argument("--val-interval", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--samples-per-epoch", type=int, default=640)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="extra bundle overrides")

@@ -21,19 +21,17 @@ from monai.transforms import (
     Orientationd,
     RandAdjustContrastd,
     RandAffined,
-    RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
     RandScaleIntensityd,
     Resized,
     ScaleIntensityRangePercentilesd,
-    SqueezeDimd,
 )
 
 __all__ = [
     "CheckVolumed",
     "load_transforms",
-    "train_transforms",
+    "augment_transforms",
     "val_transforms",
     "inference_transforms",
     "evaluation_transforms",
@@ -108,50 +106,28 @@ def _resize_inplane(keys: Sequence[str], spatial_size: Sequence[int]) -> Resized
     return Resized(keys=keys, spatial_size=(*spatial_size, -1), mode=modes, anti_aliasing=False)
 
 
-def train_transforms(
-    spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE,
-    num_samples: int = 8,
-    pos: float = 2.0,
-    neg: float = 1.0,
-    augment: bool = True,
-) -> Compose:
-    """3D case -> ``num_samples`` 2D slices ``(1, H, W)``, tumor-aware: a slice holds tumor with odds pos:neg.
-
-    Slices are drawn with ``RandCropByPosNegLabeld`` on a (H, W, 1) window, so positives centre on tumor
-    voxels; augmentation: flips, small affine, contrast/intensity jitter and noise, as suits MRI.
-    """
+def augment_transforms(prob: float = 1.0) -> Compose:
+    """2D augmentation of ``{"image", "label"}`` slices ``(C, H, W)``: flips, small affine, intensity jitter,
+    noise (what suits MRI). ``prob`` scales every transform's probability (0 disables augmentation)."""
     keys = ["image", "label"]
-    chain = load_transforms(keys) + [
-        _resize_inplane(keys, spatial_size),
-        RandCropByPosNegLabeld(
-            keys=keys,
-            label_key="label",
-            spatial_size=(*spatial_size, 1),
-            pos=pos,
-            neg=neg,
-            num_samples=num_samples,
-            image_key="image",
-            allow_smaller=False,
-        ),
-        SqueezeDimd(keys=keys, dim=-1),
-    ]
-    if augment:
-        chain += [
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+    return Compose(
+        [
+            RandFlipd(keys=keys, prob=0.5 * prob, spatial_axis=0),
+            RandFlipd(keys=keys, prob=0.5 * prob, spatial_axis=1),
             RandAffined(
                 keys=keys,
-                prob=0.3,
+                prob=0.3 * prob,
                 rotate_range=np.pi / 12,
                 scale_range=0.1,
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
-            RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3),
-            RandGaussianNoised(keys="image", std=0.02, prob=0.2),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.3 * prob),
+            RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3 * prob),
+            RandGaussianNoised(keys="image", std=0.02, prob=0.2 * prob),
+            EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
         ]
-    return Compose(chain)
+    )
 
 
 def val_transforms(spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE) -> Compose:

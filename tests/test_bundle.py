@@ -31,7 +31,8 @@ def trained(synthetic_dataset, tmp_path_factory):
         bundle_root=str(BUNDLE),
         dataset_dir=str(synthetic_dataset),
         max_epochs=1,
-        num_samples=2,
+        samples_per_epoch=8,
+        batch_size=4,
         ckpt_dir=str(out),
         output_dir=str(out),
         **TINY,
@@ -53,7 +54,7 @@ def test_train_workflow(trained):
 
 def test_float_then_qat_recipe(synthetic_dataset, tmp_path):
     _run(str(CONFIGS / "train.json"), bundle_root=str(BUNDLE), dataset_dir=str(synthetic_dataset), max_epochs=1,
-         num_samples=2, quantization="float", ckpt_dir=str(tmp_path), output_dir=str(tmp_path), **TINY)
+         samples_per_epoch=8, batch_size=4, quantization="float", ckpt_dir=str(tmp_path), output_dir=str(tmp_path), **TINY)
     assert (tmp_path / "float_model.pt").is_file()
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), bundle_root=str(BUNDLE),
                               dataset_dir=str(synthetic_dataset), float_checkpoint=str(tmp_path / "float_model.pt"),
