@@ -20,7 +20,8 @@ from typing import Sequence
 
 import torch
 from ignite.engine import Events
-from monai.handlers import MeanDice, from_engine
+from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
+from monai.metrics import DiceMetric
 from monai.transforms import Activationsd, AsDiscreted
 
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
@@ -158,8 +159,9 @@ class QuantUNetTrainTask(BasicTrainTask):
     def val_key_metric(self, context: Context):
         # ignore_empty=False: a tumor-free volume predicted empty scores 1 (as monai_quantunet.labeling.mean_dice)
         return {
-            self.VAL_METRIC_MEAN_DICE: MeanDice(
-                include_background=True, ignore_empty=False, output_transform=from_engine(["pred", "label"])
+            self.VAL_METRIC_MEAN_DICE: IgniteMetricHandler(
+                metric_fn=DiceMetric(include_background=True, ignore_empty=False),
+                output_transform=from_engine(["pred", "label"]),
             )
         }
 
