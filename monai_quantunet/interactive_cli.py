@@ -1,0 +1,63 @@
+"""``train-deepedit``: train the interactive (click-guided) QuantU-Net on a decathlon-style dataset.
+
+Example (real data, used by path only)::
+
+    python -m monai_quantunet train-deepedit --dataset-dir ../shared/data/lgg_flair --epochs 20 \
+        --output-dir runs/deepedit
+
+then serve it: ``monailabel start_server --app slicer_app ... --conf deepedit_checkpoint runs/deepedit/deepedit_model.pt``
+(or copy it to ``bundles/quantunet_brain_tumor_seg/models/deepedit_model.pt``, the app's default).
+Network settings (channels, quantization, bit widths, spatial size) come from the bundle's ``train.json``;
+only ``in_channels`` is 3 (image + foreground clicks + background clicks).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_flair"
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--dataset-dir", default=str(DEFAULT_REAL_DATA), help="folder with dataset.json (decathlon layout)")
+    parser.add_argument("--output-dir", default="runs/deepedit", help="checkpoint, bit-width JSON/PNG")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-samples", type=int, default=8, help="2D slices drawn per volume and epoch")
+    parser.add_argument("--channels", type=int, nargs=5, default=None, help="override the bundle's channels")
+    parser.add_argument("--max-cases", type=int, default=0, help="use only the first N training cases (0 = all)")
+    parser.add_argument("--init", default=None, help="start from this interactive checkpoint (fine-tuning)")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    parser.add_argument("--lr", type=float, default=None, help="default: the bundle's learning_rate")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from monai_quantunet.data import load_datalist
+    from monai_quantunet.interactive import train_interactive
+    from monai_quantunet.labeling import bundle_settings, load_checkpoint_or_warn, network_from_bundle
+
+    datalist = Path(args.dataset_dir) / "dataset.json"
+    train = load_datalist(datalist, "training")
+    val = load_datalist(datalist, "validation")
+    if args.max_cases:
+        train, val = train[: args.max_cases], val[: max(1, args.max_cases // 4)]
+    s = bundle_settings()
+    overrides = {"in_channels": 3}
+    if args.channels:
+        overrides["channels"] = list(args.channels)
+    net = network_from_bundle(**overrides)
+    if args.init and not load_checkpoint_or_warn(net, args.init, "train-deepedit --init"):
+        raise ValueError(f"--init {args.init}: checkpoint missing or does not fit the network")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"train-deepedit: {len(train)} training / {len(val)} validation volumes, {args.epochs} epochs on {device}")
+    res = train_interactive(
+        train, val, args.output_dir, net, max_epochs=args.epochs, spatial_size=s["spatial_size"],
+        num_samples=args.num_samples, batch_size=args.batch_size,
+        learning_rate=args.lr if args.lr is not None else float(s["learning_rate"]),
+        bit_learning_rate=float(s["bit_learning_rate"]), lambda_bits=float(s["lambda_bits"]), device=device,
+    )
+    print(f"best validation Dice (one click per volume) {res['best_val_dice']:.4f} at epoch {res['best_epoch']}: {res['checkpoint']}")
+    return 0

@@ -1,0 +1,1 @@
+from .least_confidence import LeastConfidence

@@ -1,0 +1,4 @@
+from .deepedit import DeepEdit
+from .segmentation import Segmentation
+
+MODELS = {"segmentation": Segmentation, "deepedit": DeepEdit}

@@ -1,0 +1,76 @@
+"""Shared TaskConfig logic: network settings from the bundle's train.json, checkpoint paths from --conf."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+from monailabel.interfaces.config import TaskConfig
+from monailabel.utils.others.generic import strtobool
+
+from monai_quantunet.labeling import bundle_settings, load_checkpoint_or_warn, network_from_bundle
+
+logger = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parents[2]
+DEFAULT_BUNDLE = APP_DIR.parent / "bundles" / "quantunet_brain_tumor_seg"
+LABELS = {"tumor": 1}
+
+
+class QuantUNetTaskConfig(TaskConfig):
+    """Subclasses set ``in_channels``, ``checkpoint_conf`` (the --conf key) and ``default_checkpoint``."""
+
+    in_channels = 1
+    checkpoint_conf = "checkpoint"
+    default_checkpoint = "model.pt"
+
+    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.labels = dict(LABELS)
+        self.bundle_root = Path(conf.get("bundle_root") or DEFAULT_BUNDLE)
+        self.settings = bundle_settings(self.bundle_root)
+        self.spatial_size = tuple(int(s) for s in self.settings["spatial_size"])
+        self.device = conf.get("device", "cpu")
+        self.preload = strtobool(conf.get("preload", "true"))
+
+        self.network = network_from_bundle(self.bundle_root, in_channels=self.in_channels)
+        pretrained = conf.get(self.checkpoint_conf) or str(self.bundle_root / "models" / self.default_checkpoint)
+        self.pretrained_path = pretrained if strtobool(conf.get("use_pretrained_model", "true")) else None
+        self.published_path = os.path.join(model_dir, f"{name}.pt")  # written by training only
+        # BasicInferTask picks the last existing path: a published (trained) checkpoint wins.
+        self.path = [p for p in (self.pretrained_path, self.published_path) if p]
+
+        current = self.current_checkpoint()
+        if current is None:
+            logger.warning(
+                f"{name}: checkpoint {self.pretrained_path or '(none: use_pretrained_model=false)'} not found and no "
+                f"trained {self.published_path}: serving INITIAL weights (train the model to create one)"
+            )
+        else:
+            # log a clear warning now if the file does not fit the network (it is then served with initial weights)
+            load_checkpoint_or_warn(network_from_bundle(self.bundle_root, in_channels=self.in_channels), current, name)
+
+    def current_checkpoint(self):
+        for p in reversed(self.path):
+            if p and os.path.isfile(p):
+                return p
+        return None
+
+    def trainer_kwargs(self) -> dict:
+        s = self.settings
+        return dict(
+            model_dir=os.path.join(self.model_dir, self.name),
+            network_factory=lambda: network_from_bundle(self.bundle_root, in_channels=self.in_channels),
+            init_paths=self.path,
+            publish_path=self.published_path,
+            spatial_size=self.spatial_size,
+            lambda_bits=float(s["lambda_bits"]),
+            bit_reduction=s["bit_reduction"],
+            learning_rate=float(self.conf.get("learning_rate", s["learning_rate"])),
+            bit_learning_rate=float(self.conf.get("bit_learning_rate", s["bit_learning_rate"])),
+            freeze_bit_widths=strtobool(self.conf.get("freeze_bit_widths", "false")),
+            num_samples=int(s["num_samples"]),
+            labels=self.labels,
+        )

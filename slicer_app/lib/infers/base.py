@@ -1,0 +1,102 @@
+"""Common inference logic: the library's transforms + slice inferer, the result inverted to the input geometry."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from typing import Any, Callable, Dict, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import Inferer
+from monai.transforms import AsDiscreted, CastToTyped, Compose, Invertd, SqueezeDimd
+
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from monai_quantunet.inference import slice_inferer
+from monai_quantunet.labeling import load_checkpoint_or_warn
+from monai_quantunet.transforms import inference_transforms
+
+logger = logging.getLogger(__name__)
+
+
+class QuantUNetInferTask(BasicInferTask):
+    """BasicInferTask for the slice-wise QuantU-Net.
+
+    * pre: ``inference_transforms`` (load, RAS, percentile scaling, in-plane resize to the network size);
+      the same transform instances are reused so ``Invertd`` can undo them for every request;
+    * inferer: ``slice_inferer`` (2D network over the axial slices);
+    * post: ``logit > 0``, ``Invertd`` back to the input's shape, orientation, spacing and origin, uint8.
+
+    Checkpoints: the last existing of ``path`` is loaded (a trained one before the shipped one); a missing or
+    mismatching file falls back to the initial weights with a warning instead of failing the request.
+    """
+
+    def __init__(self, path, network, type, labels, dimension, description, spatial_size, model_name, **kwargs):
+        self.spatial_size = tuple(spatial_size)
+        self.model_name = model_name
+        self._pre = inference_transforms(self.spatial_size)
+        self._lock = threading.Lock()
+        super().__init__(
+            path=path,
+            network=network,
+            type=type,
+            labels=labels,
+            dimension=dimension,
+            description=description,
+            load_strict=True,
+            **kwargs,
+        )
+
+    # ---- transforms -----------------------------------------------------------------------------------------
+    def extra_pre_transforms(self, data=None) -> list:
+        return []
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return list(self._pre.transforms) + self.extra_pre_transforms(data)
+
+    def inferer(self, data=None) -> Inferer:
+        bs = int((data or {}).get("sw_batch_size", 32))
+        return slice_inferer(self.spatial_size, sw_batch_size=max(1, bs))
+
+    def inverse_transforms(self, data=None):
+        return None  # done in post_transforms with Invertd (needs the thresholded prediction)
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [
+            AsDiscreted(keys="pred", threshold=0.0),
+            Invertd(keys="pred", transform=self._pre, orig_keys="image", nearest_interp=True, to_tensor=True),
+            SqueezeDimd(keys="pred", dim=0),
+            CastToTyped(keys="pred", dtype=np.uint8),
+        ]
+
+    # ---- network --------------------------------------------------------------------------------------------
+    def _get_network(self, device, data):
+        path = self.get_path()
+        mtime = os.stat(path).st_mtime if path else 0
+        with self._lock:
+            cached = self._networks.get(device)
+            if cached and cached[1] == (path, mtime):
+                return cached[0]
+            if cached:
+                logger.info(f"{self.model_name}: checkpoint changed ({path}); reloading")
+            network = copy.deepcopy(self.network)
+            load_checkpoint_or_warn(network, path, self.model_name)
+            network.to(torch.device(device)).eval()
+            self._networks[device] = (network, (path, mtime))
+            return network
+
+    @torch.no_grad()
+    def predict_logits(self, image_path: str, device: str = "cpu", **request) -> torch.Tensor:
+        """Logits at the network's resolution ``(1, X, Y, Z)`` for one image file (active learning)."""
+        data = {"image": image_path, "image_path": image_path, **request}
+        data = self.run_pre_transforms(data, self.pre_transforms(data))
+        data = self.run_inferer(data, device=device)
+        return data["pred"]
+
+    def info(self) -> Dict[str, Any]:
+        i = super().info()
+        i["checkpoint"] = self.get_path()
+        return i

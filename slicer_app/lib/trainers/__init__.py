@@ -1,0 +1,2 @@
+from .deepedit import DeepEdit
+from .segmentation import Segmentation

@@ -1,0 +1,266 @@
+"""Fine-tuning the QuantU-Net on the labels users saved (tag ``final``), MONAI Label's BasicTrainTask.
+
+* network: the bundle's ``network_def``, initialised from the served checkpoint (trained, else shipped);
+* loss: ``QuantUNetLoss`` (BCE + Dice + lambda * bits); optimizer: ``make_optimizer`` (bit widths in their own
+  group), or bit widths frozen (``--conf freeze_bit_widths true`` or request ``freeze_bit_widths``);
+* progress: MONAI's StatsHandler lines plus ``QuantUNetStatsHandler`` (per-epoch loss parts, val Dice, mean and
+  per-layer bit widths in ``<model_dir>/<name>/<run>/bit_widths.json``), visible in ``/train`` details and logs;
+* publishing: the served checkpoint ``<model_dir>/<name>.pt`` is replaced only when the best validation Dice of
+  this run is >= the Dice of the model being served, measured on the same validation volumes before training.
+  Labels and images are only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Sequence
+
+import torch
+from ignite.engine import Events
+from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
+from monai.metrics import DiceMetric
+from monai.transforms import Activationsd, AsDiscreted
+
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from monailabel.tasks.train.handler import PublishStatsAndModel
+
+from monai_quantunet.bitwidth import split_bit_width_parameters
+from monai_quantunet.inference import slice_inferer
+from monai_quantunet.labeling import atomic_copy, load_checkpoint_or_warn, mean_dice
+from monai_quantunet.losses import QuantUNetLoss
+from monai_quantunet.training import QuantUNetStatsHandler, make_optimizer
+
+logger = logging.getLogger(__name__)
+
+_LIST_OPTIONS = ("dataset", "dataloader", "tracking")
+
+
+class QuantUNetTrainTask(BasicTrainTask):
+    def __init__(
+        self,
+        model_dir: str,
+        network_factory,
+        init_paths: Sequence[str],
+        publish_path: str,
+        spatial_size: Sequence[int],
+        lambda_bits: float = 0.25,
+        bit_reduction: str = "mean",
+        learning_rate: float = 1e-4,
+        bit_learning_rate: float = 1e-2,
+        freeze_bit_widths: bool = False,
+        num_samples: int = 8,
+        description: str = "Fine-tune QuantU-Net",
+        labels=None,
+        **kwargs,
+    ):
+        self._network_factory = network_factory
+        self._init_paths = list(init_paths)
+        self._guarded_publish_path = publish_path
+        self.spatial_size = tuple(spatial_size)
+        self.lambda_bits = lambda_bits
+        self.bit_reduction = bit_reduction
+        self.num_samples = num_samples
+        config = {
+            "max_epochs": 10,
+            "train_batch_size": 4,
+            "val_batch_size": 1,
+            "val_split": 0.2,
+            "learning_rate": learning_rate,
+            "bit_learning_rate": bit_learning_rate,
+            "freeze_bit_widths": freeze_bit_widths,
+            "multi_gpu": False,
+            "dataset": ["CacheDataset", "Dataset"],
+            "dataloader": ["DataLoader", "ThreadDataLoader"],
+            "tracking": ["None", "mlflow"],  # MLflow off unless asked (then MLFLOW_ALLOW_FILE_STORE=true is set)
+        }
+        super().__init__(
+            model_dir,
+            description,
+            config=config,
+            amp=False,
+            load_path=None,
+            publish_path=None,  # publishing is guarded by validation Dice (see finalize)
+            labels=labels,
+            tracking=None,
+            train_save_interval=1000,
+            n_saved=1,
+            **kwargs,
+        )
+
+    # ---- request ---------------------------------------------------------------------------------------------
+    def train(self, rank, world_size, request, datalist):
+        request = dict(request)
+        for k in _LIST_OPTIONS:
+            if isinstance(request.get(k), (list, tuple)):
+                request[k] = request[k][0]
+        request["multi_gpu"] = False
+        return super().train(rank, world_size, request, datalist)
+
+    def partition_datalist(self, context: Context, shuffle=False):
+        train, val = super().partition_datalist(context, shuffle)
+        if not val:
+            logger.warning(
+                f"only {len(train)} labeled volume(s): validating on the training volumes (the publish guard then "
+                "compares training-set Dice)"
+            )
+            val = list(train)
+        return train, val
+
+    # ---- model -----------------------------------------------------------------------------------------------
+    def _start_checkpoint(self):
+        for p in reversed(self._init_paths):
+            if p and os.path.isfile(p):
+                return p
+        return None
+
+    def network(self, context: Context):
+        net = self._network_factory()
+        load_checkpoint_or_warn(net, self._start_checkpoint(), f"{self.__class__.__name__} training start")
+        if _truthy(context.request.get("freeze_bit_widths")):
+            bits, _ = split_bit_width_parameters(net)
+            for p in bits:
+                p.requires_grad_(False)
+            logger.info(f"bit widths frozen ({len(bits)} parameters)")
+        return net
+
+    def _load_checkpoint(self, context, train_handlers):
+        pass  # the network is initialised in network() from the served checkpoint
+
+    def optimizer(self, context: Context):
+        r = context.request
+        return make_optimizer(context.network, lr=float(r["learning_rate"]), bit_lr=float(r["bit_learning_rate"]))
+
+    def loss_function(self, context: Context):
+        if getattr(context, "quantunet_loss", None) is None:
+            context.quantunet_loss = QuantUNetLoss(
+                context.network, lambda_bits=self.lambda_bits, bit_reduction=self.bit_reduction
+            )
+        return context.quantunet_loss
+
+    def lr_scheduler_handler(self, context: Context):
+        return None
+
+    # ---- transforms / metrics --------------------------------------------------------------------------------
+    def train_post_transforms(self, context: Context):
+        return [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)]
+
+    def val_post_transforms(self, context: Context):
+        return [AsDiscreted(keys="pred", threshold=0.0)]
+
+    def val_inferer(self, context: Context):
+        return slice_inferer(self.spatial_size)
+
+    def train_key_metric(self, context: Context):
+        return {self.TRAIN_METRIC_MEAN_DICE: MeanDice(include_background=True, output_transform=from_engine(["pred", "label"]))}
+
+    def val_key_metric(self, context: Context):
+        # ignore_empty=False: a tumor-free volume predicted empty scores 1 (as monai_quantunet.labeling.mean_dice)
+        return {
+            self.VAL_METRIC_MEAN_DICE: IgniteMetricHandler(
+                metric_fn=DiceMetric(include_background=True, ignore_empty=False),
+                output_transform=from_engine(["pred", "label"]),
+            )
+        }
+
+    def train_handlers(self, context: Context):
+        handlers = super().train_handlers(context)
+        handlers.append(
+            QuantUNetStatsHandler(
+                context.network,
+                self.loss_function(context),
+                output_dir=os.path.join(context.output_dir, f"bits_{context.run_id}"),
+                evaluator=context.evaluator,
+                name="QuantUNet.train",
+            )
+        )
+        return handlers
+
+    # ---- guarded publishing ----------------------------------------------------------------------------------
+    def finalize(self, context):
+        context.baseline_dice = None
+        publisher = GuardedPublisher(
+            self._stats_path, self._guarded_publish_path, self._key_metric_filename, context
+        )
+
+        def baseline(engine):
+            context.baseline_dice = mean_dice(
+                context.network, context.evaluator.data_loader, self.val_inferer(context), context.device
+            )
+            logger.info(f"validation Dice of the served model before training: {context.baseline_dice:.4f}")
+
+        context.trainer.add_event_handler(Events.STARTED, baseline)
+        context.evaluator.add_event_handler(Events.EPOCH_COMPLETED, publisher)
+        context.trainer.add_event_handler(Events.COMPLETED, publisher.summary)
+        super_es = int(context.request.get("early_stop_patience", 0))
+        if super_es > 0:
+            from ignite.handlers import EarlyStopping
+            from monai.handlers import stopping_fn_from_metric
+
+            context.evaluator.add_event_handler(
+                Events.EPOCH_COMPLETED,
+                EarlyStopping(super_es, stopping_fn_from_metric(self.VAL_METRIC_MEAN_DICE), context.trainer),
+            )
+
+
+class GuardedPublisher(PublishStatsAndModel):
+    """Writes train stats every epoch (as MONAI Label's publisher) and publishes the best checkpoint of this
+    run only if its validation Dice is >= the served model's Dice measured before training."""
+
+    def __init__(self, stats_path, publish_path, key_metric_filename, context):
+        super().__init__(
+            stats_path, None, key_metric_filename, context.start_ts, context.run_id, context.output_dir,
+            context.trainer, context.evaluator,
+        )
+        self.guarded_publish_path = publish_path
+        self.context = context
+        self.published = False
+
+    def iteration_completed(self):
+        stats = super().iteration_completed()
+        best = self.evaluator.state.best_metric
+        baseline = self.context.baseline_dice
+        best_file = os.path.join(self.output_dir, self._key_metric_filename)
+        fresh = os.path.isfile(best_file) and os.path.getmtime(best_file) >= self.start_ts - 1
+        if fresh and baseline is not None and best is not None and best >= baseline - 1e-6:
+            atomic_copy(best_file, self.guarded_publish_path)
+            self.published = True
+            logger.info(
+                f"published {best_file} => {self.guarded_publish_path} (val Dice {best:.4f} >= served {baseline:.4f})"
+            )
+        elif baseline is not None and best is not None:
+            logger.info(f"served checkpoint kept: best val Dice {best:.4f} < served model's {baseline:.4f}")
+        stats.update(
+            {
+                "baseline_val_dice": baseline,
+                "published": self.published,
+                "publish_path": self.guarded_publish_path,
+                "bit_widths": self._bits(),
+            }
+        )
+        if self._stats_path:
+            with open(self._stats_path, "w") as f:
+                json.dump(stats, f, indent=2, default=str)
+        return stats
+
+    def _bits(self):
+        from monai_quantunet.bitwidth import bit_width_report
+
+        try:
+            report = bit_width_report(self.context.network)
+            return {**report.totals(), "layers": {r["name"] + ":" + r["kind"]: r["bits"] for r in report.to_dict()["layers"]}}
+        except Exception as e:  # stats must never fail the training
+            return {"error": str(e)}
+
+    def summary(self, engine):
+        logger.info(
+            f"training finished after {engine.state.epoch} epoch(s) in {time.time() - self.start_ts:.0f} s; "
+            f"served model Dice {self.context.baseline_dice}, best {self.evaluator.state.best_metric}; "
+            f"{'published ' + self.guarded_publish_path if self.published else 'served checkpoint unchanged'}"
+        )
+
+
+def _truthy(v) -> bool:
+    return str(v).lower() in ("1", "true", "yes", "on")

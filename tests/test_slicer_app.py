@@ -1,0 +1,317 @@
+"""The MONAI Label app (slicer_app/) through a real `monailabel start_server` and the real client.
+
+Default run: start + /info + auto-segmentation geometry + clicks + bad requests. Slow: training, concurrency,
+active learning, restart persistence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import REPO
+
+SimpleITK = pytest.importorskip("SimpleITK")
+pytest.importorskip("monailabel")
+from monailabel.client import MONAILabelClient  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+SHAPE = (64, 48, 8)  # IJK
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_volume(path: Path, array_zyx: np.ndarray, spacing=(0.9, 1.1, 4.0), origin=(-20.0, 10.0, 5.0), direction=None):
+    img = SimpleITK.GetImageFromArray(array_zyx)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
+    SimpleITK.WriteImage(img, str(path))
+
+
+def _synthetic_case(seed: int):
+    """(image, label) as (Z, Y, X) arrays with a bright ellipsoid tumor."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in SHAPE[::-1]], indexing="ij")
+    c = np.array([SHAPE[0] / 2 + rng.uniform(-6, 6), SHAPE[1] / 2 + rng.uniform(-5, 5), SHAPE[2] / 2])
+    tumor = ((x - c[0]) / 8) ** 2 + ((y - c[1]) / 6) ** 2 + ((z - c[2]) / 2.5) ** 2 < 1
+    image = 60 + 10 * np.sin(x / 5) + rng.normal(0, 4, tumor.shape)
+    image[tumor] += 80
+    return np.clip(image, 0, 255).astype(np.int16), tumor.astype(np.uint8)
+
+
+# oblique-free but non-trivial geometry: axes flipped (LPS-like, as Slicer stores many volumes)
+DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _make_studies(root: Path, n: int = 4, labeled: int = 2) -> Path:
+    studies = root / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for i in range(n):
+        image, label = _synthetic_case(i)
+        _write_volume(studies / f"case{i}.nii.gz", image, direction=DIRECTION)
+        if i < labeled:
+            _write_volume(studies / "labels" / "final" / f"case{i}.nii.gz", label, direction=DIRECTION)
+    return studies
+
+
+class Server:
+    def __init__(self, studies: Path, workdir: Path, conf: dict | None = None):
+        self.studies, self.workdir = studies, workdir
+        self.conf = {"model_dir": str(workdir / "model"), **(conf or {})}
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.log = workdir / f"server_{self.port}.log"
+
+    def start(self, timeout: float = 240) -> "Server":
+        env = dict(os.environ)
+        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+        env["MONAILABEL_PYEXE"] = sys.executable
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        for k, sub in (("MONAI_LABEL_SESSION_PATH", "sessions"), ("XDG_CACHE_HOME", "cache"), ("MPLCONFIGDIR", "mpl")):
+            env[k] = str(self.workdir / sub)
+        env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
+        env["OMP_NUM_THREADS"] = "2"
+        # `monailabel start_server` is a bash launcher for `python -m monailabel.main`; it prepends the venv's
+        # grandparent folder to PYTHONPATH (the repository holding .venv), which is not this checkout when the
+        # venv is shared: run the module directly with this interpreter instead.
+        cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO / "slicer_app"), "--studies", str(self.studies),
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        for k, v in self.conf.items():
+            cmd += ["--conf", k, str(v)]
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=str(self.workdir))
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                if requests.get(self.url + "/", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if getattr(self, "_logf", None):
+            self._logf.close()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("slicer_app")
+
+
+@pytest.fixture(scope="module")
+def server(workdir):
+    studies = _make_studies(workdir)
+    srv = Server(studies, workdir).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> MONAILabelClient:
+    return MONAILabelClient(server.url, tmpdir=str(server.workdir / "client"))
+
+
+def _assert_same_geometry(result_file: str, reference: Path):
+    res = SimpleITK.ReadImage(result_file)
+    ref = SimpleITK.ReadImage(str(reference))
+    assert res.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(res.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(res.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(res.GetDirection(), ref.GetDirection(), atol=1e-4)
+    arr = SimpleITK.GetArrayFromImage(res)
+    assert arr.dtype == np.uint8 and set(np.unique(arr).tolist()) <= {0, 1}
+    return arr
+
+
+def test_info_lists_both_models(client):
+    info = client.info()
+    models = info["models"]
+    assert models["segmentation"]["type"] == "segmentation" and models["segmentation"]["dimension"] == 3
+    assert models["deepedit"]["type"] == "deepedit"
+    for m in ("segmentation", "deepedit"):
+        assert models[m]["labels"] == {"tumor": 1}
+    assert set(info["trainers"]) == {"segmentation", "deepedit"}
+    assert {"least_confidence", "random", "first"} <= set(info["strategies"])
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".nii.gz"])
+def test_autoseg_keeps_input_geometry(client, server, ext):
+    result_file, params = client.infer("segmentation", "case2", {"result_extension": ext})
+    assert result_file.endswith(ext)
+    _assert_same_geometry(result_file, server.studies / "case2.nii.gz")
+    assert params["label_names"] == {"tumor": 1}
+
+
+def test_autoseg_uploaded_file(client, server, workdir):
+    """Slicer may send the volume itself: the answer has that file's geometry."""
+    image, _ = _synthetic_case(7)
+    path = workdir / "upload.nii.gz"
+    _write_volume(path, image, spacing=(0.5, 0.5, 3.0), origin=(1.0, 2.0, 3.0))
+    result_file, _ = client.infer("segmentation", "", {"result_extension": ".nrrd"}, file=str(path))
+    _assert_same_geometry(result_file, path)
+
+
+def test_deepedit_responds_to_clicks(client, server):
+    ijk = [SHAPE[0] // 2, SHAPE[1] // 2, SHAPE[2] // 2]
+    base, _ = client.infer("deepedit", "case2", {"result_extension": ".nrrd"})
+    clicked, _ = client.infer("deepedit", "case2", {"foreground": [ijk], "background": [[2, 2, 1]], "result_extension": ".nrrd"})
+    a = _assert_same_geometry(base, server.studies / "case2.nii.gz")
+    b = _assert_same_geometry(clicked, server.studies / "case2.nii.gz")
+    assert a.shape == b.shape
+
+
+@pytest.mark.parametrize(
+    "model,image,params,status",
+    [
+        ("nosuchmodel", "case2", {}, 404),
+        ("segmentation", "nosuchimage", {}, 404),
+        ("deepedit", "case2", {"foreground": [[999, 1, 1]]}, 422),
+        ("deepedit", "case2", {"background": [[1, 1]]}, 422),
+    ],
+)
+def test_bad_infer_requests_get_4xx(server, model, image, params, status):
+    r = requests.post(f"{server.url}/infer/{model}", params={"image": image}, data={"params": json.dumps(params)}, timeout=120)
+    assert r.status_code == status, r.text
+    assert r.json().get("detail")
+    assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
+
+
+def test_bad_uploads_get_4xx_and_labels_survive(client, server, workdir):
+    junk = workdir / "junk.nii.gz"
+    junk.write_bytes(b"this is not an image")
+    r = requests.put(f"{server.url}/datastore/image", params={"image": "junk"}, files={"file": ("junk.nii.gz", open(junk, "rb"))}, timeout=60)
+    assert r.status_code == 422, r.text
+    flat = workdir / "flat.nii.gz"
+    SimpleITK.WriteImage(SimpleITK.GetImageFromArray(np.zeros((32, 32), np.uint8)), str(flat))
+    r = requests.put(f"{server.url}/datastore/image", params={"image": "flat"}, files={"file": ("flat.nii.gz", open(flat, "rb"))}, timeout=60)
+    assert r.status_code == 422 and "3D" in r.json()["detail"], r.text
+    r = requests.post(f"{server.url}/infer/segmentation", files={"file": ("flat.nii.gz", open(flat, "rb"))}, timeout=60)
+    assert r.status_code == 422, r.text
+
+    # a label of the wrong shape is refused and the saved final label of case0 is untouched
+    label_path = server.studies / "labels" / "final" / "case0.nii.gz"
+    before = label_path.read_bytes()
+    wrong = workdir / "wrong.nii.gz"
+    _write_volume(wrong, np.zeros((4, 10, 10), np.uint8))
+    r = requests.put(f"{server.url}/datastore/label", params={"image": "case0", "tag": "final"},
+                     files={"label": ("case0.nii.gz", open(wrong, "rb"))}, timeout=60)
+    assert r.status_code == 422 and "differs" in r.json()["detail"], r.text
+    r = requests.put(f"{server.url}/datastore/label", params={"image": "nosuch", "tag": "final"},
+                     files={"label": ("x.nii.gz", open(wrong, "rb"))}, timeout=60)
+    assert r.status_code == 404, r.text
+    assert label_path.read_bytes() == before
+    assert client.info()["models"]
+
+
+def test_save_label_then_next_sample(client, server, workdir):
+    result_file, _ = client.infer("segmentation", "case2", {"result_extension": ".nii.gz"})
+    _, label = _synthetic_case(2)
+    path = workdir / "case2_label.nii.gz"
+    _write_volume(path, label, direction=DIRECTION)
+    res = client.save_label("case2", str(path), tag="final")
+    assert res["label"] == "case2"
+    saved = server.studies / "labels" / "final" / "case2.nii.gz"
+    assert saved.exists()
+    for strategy in ("first", "random", "least_confidence"):
+        sample = client.next_sample(strategy, {})
+        assert sample["id"] == "case3", (strategy, sample)  # the only unlabeled volume left
+
+
+@pytest.mark.slow
+def test_concurrent_inference(client, server):
+    def one(i):
+        c = MONAILabelClient(server.url, tmpdir=str(server.workdir / f"client{i}"))
+        f, _ = c.infer("segmentation" if i % 2 else "deepedit", "case3", {"result_extension": ".nrrd"})
+        return _assert_same_geometry(f, server.studies / "case3.nii.gz").shape
+
+    with ThreadPoolExecutor(8) as pool:
+        shapes = list(pool.map(one, range(8)))
+    assert shapes == [SHAPE[::-1]] * 8
+
+
+def _wait_training(client, timeout=900):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.train_status(check_if_running=False)
+        if status.get("status") in ("DONE", "ERROR"):
+            return status
+        time.sleep(3)
+    raise TimeoutError("training did not finish")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["segmentation", "deepedit"])
+def test_train_one_epoch(client, server, model):
+    labels_before = {p.name: p.read_bytes() for p in (server.studies / "labels" / "final").iterdir()}
+    client.train_start(model, {"max_epochs": 1, "train_batch_size": 1, "val_split": 0.34, "dataset": "Dataset"})
+    status = _wait_training(client)
+    assert status["status"] == "DONE", "\n".join(status.get("details", []))
+    stats = json.loads((server.workdir / "model" / model / "train_stats.json").read_text())
+    assert stats["epoch"] == 1 and stats["baseline_val_dice"] is not None
+    assert "mean_weight_bits" in stats["bit_widths"]
+    details = "\n".join(status.get("details", []))
+    assert "weight bits" in details  # QuantUNetStatsHandler line
+    if stats["published"]:
+        assert (server.workdir / "model" / f"{model}.pt").exists()
+    # user labels untouched by training
+    assert {p.name: p.read_bytes() for p in (server.studies / "labels" / "final").iterdir()} == labels_before
+    assert client.info()["models"]
+
+
+@pytest.mark.slow
+def test_label_survives_restart(workdir):
+    studies = _make_studies(workdir / "restart", n=2, labeled=0)
+    srv = Server(studies, workdir / "restart", {"models": "segmentation", "preload": "false"}).start()
+    try:
+        c = MONAILabelClient(srv.url, tmpdir=str(workdir / "restart" / "client"))
+        _, label = _synthetic_case(1)
+        path = workdir / "restart" / "l.nii.gz"
+        _write_volume(path, label, direction=DIRECTION)
+        c.save_label("case1", str(path), tag="final")
+    finally:
+        srv.stop()
+    srv2 = Server(studies, workdir / "restart", {"models": "segmentation", "preload": "false"}).start()
+    try:
+        c = MONAILabelClient(srv2.url, tmpdir=str(workdir / "restart" / "client2"))
+        ds = requests.get(f"{srv2.url}/datastore/?output=all", timeout=30).json()
+        assert "final" in ds["objects"]["case1"]["labels"]
+        r = requests.get(f"{srv2.url}/datastore/label", params={"label": "case1", "tag": "final"}, timeout=30)
+        assert r.status_code == 200
+        assert c.next_sample("first", {})["id"] == "case0"
+    finally:
+        srv2.stop()
