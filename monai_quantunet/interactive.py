@@ -331,13 +331,34 @@ class ErrorClickInteraction:
 
 
 def interactive_train_transforms(spatial_size=None, num_samples: int = 8, augment: bool = True, **click_kwargs):
-    """``train_transforms`` (2D tumor-aware slices) followed by :class:`RandClickGuidanced`."""
+    """Per-case ``train_transforms`` (2D tumor-aware slices) followed by :class:`RandClickGuidanced` (for
+    MONAI Label's per-item trainer)."""
     from monai.transforms import Compose
 
     from monai_quantunet.transforms import DEFAULT_SPATIAL_SIZE, train_transforms
 
     base = train_transforms(spatial_size or DEFAULT_SPATIAL_SIZE, num_samples=num_samples, augment=augment)
     return Compose(list(base.transforms) + [RandClickGuidanced(**click_kwargs)])
+
+
+def interactive_slice_transforms(augment: bool = True, **click_kwargs):
+    """2D augmentation then :class:`RandClickGuidanced`, for :class:`monai_quantunet.data.SliceDataset` items."""
+    from monai.transforms import Compose
+
+    from monai_quantunet.transforms import augment_transforms
+
+    return Compose(list(augment_transforms(1.0 if augment else 0.0).transforms) + [RandClickGuidanced(**click_kwargs)])
+
+
+def expand_input_channels(state_dict: dict[str, torch.Tensor], in_channels: int, key: str = "encoder.0.0.weight") -> dict:
+    """A segmentation QuantU-Net's state_dict adapted to ``in_channels`` inputs: the first conv's extra input
+    channels (the click maps) start at zero, so the interactive net starts as the segmentation net."""
+    state = dict(state_dict)
+    w = state[key]
+    if w.shape[1] > in_channels:
+        raise ValueError(f"{key} has {w.shape[1]} input channels, more than in_channels={in_channels}")
+    state[key] = torch.cat([w, w.new_zeros(w.shape[0], in_channels - w.shape[1], *w.shape[2:])], dim=1)
+    return state
 
 
 def interactive_val_transforms(spatial_size=None):
@@ -356,8 +377,8 @@ def train_interactive(
     network: torch.nn.Module,
     max_epochs: int = 10,
     spatial_size: Sequence[int] = (128, 128),
-    num_samples: int = 8,
-    batch_size: int = 4,
+    samples_per_epoch: int = 640,
+    batch_size: int = 16,
     learning_rate: float = 1e-3,
     bit_learning_rate: float = 1e-2,
     lambda_bits: float = 0.25,
@@ -376,6 +397,9 @@ def train_interactive(
     from pathlib import Path
 
     from monai.data import CacheDataset, DataLoader
+
+    from monai_quantunet.data import SliceDataset
+    from monai_quantunet.transforms import val_transforms
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
     from monai.handlers import CheckpointSaver, MeanDice, StatsHandler, ValidationHandler, from_engine
     from monai.transforms import AsDiscreted
@@ -388,9 +412,9 @@ def train_interactive(
     output_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     network = network.to(device)
-    train_ds = CacheDataset(train_data, interactive_train_transforms(spatial_size, num_samples, augment), cache_rate=cache_rate, num_workers=num_workers)
+    train_ds = SliceDataset(train_data, val_transforms(spatial_size), interactive_slice_transforms(augment))
     val_ds = CacheDataset(val_data, interactive_val_transforms(spatial_size), cache_rate=cache_rate, num_workers=num_workers)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=train_ds.sampler(samples_per_epoch), num_workers=num_workers)
     val_loader = DataLoader(val_ds, batch_size=1, num_workers=num_workers)
     loss = QuantUNetLoss(network, lambda_bits=lambda_bits)
     optimizer = make_optimizer(network, lr=learning_rate, bit_lr=bit_learning_rate)

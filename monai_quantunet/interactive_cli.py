@@ -23,11 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--dataset-dir", default=str(DEFAULT_REAL_DATA), help="folder with dataset.json (decathlon layout)")
     parser.add_argument("--output-dir", default="runs/deepedit", help="checkpoint, bit-width JSON/PNG")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-samples", type=int, default=8, help="2D slices drawn per volume and epoch")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--samples-per-epoch", type=int, default=640, help="2D slices drawn per epoch")
     parser.add_argument("--channels", type=int, nargs=5, default=None, help="override the bundle's channels")
     parser.add_argument("--max-cases", type=int, default=0, help="use only the first N training cases (0 = all)")
     parser.add_argument("--init", default=None, help="start from this interactive checkpoint (fine-tuning)")
+    parser.add_argument(
+        "--init-from-segmentation",
+        default=None,
+        help="start from a segmentation checkpoint (e.g. the bundle's models/model.pt); click channels start at zero",
+    )
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     parser.add_argument("--lr", type=float, default=None, help="default: the bundle's learning_rate")
 
@@ -51,11 +56,16 @@ def main(args: argparse.Namespace) -> int:
     net = network_from_bundle(**overrides)
     if args.init and not load_checkpoint_or_warn(net, args.init, "train-deepedit --init"):
         raise ValueError(f"--init {args.init}: checkpoint missing or does not fit the network")
+    if args.init_from_segmentation:
+        from monai_quantunet.inference import load_state_dict
+        from monai_quantunet.interactive import expand_input_channels
+
+        net.load_state_dict(expand_input_channels(load_state_dict(args.init_from_segmentation), 3))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"train-deepedit: {len(train)} training / {len(val)} validation volumes, {args.epochs} epochs on {device}")
     res = train_interactive(
         train, val, args.output_dir, net, max_epochs=args.epochs, spatial_size=s["spatial_size"],
-        num_samples=args.num_samples, batch_size=args.batch_size,
+        samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size,
         learning_rate=args.lr if args.lr is not None else float(s["learning_rate"]),
         bit_learning_rate=float(s["bit_learning_rate"]), lambda_bits=float(s["lambda_bits"]), device=device,
     )

@@ -52,7 +52,7 @@ def bundle_settings(bundle_root: str | Path | None = None) -> dict:
     bundle's ``train.json`` (one source of truth for the network settings)."""
     p = _parser(bundle_root)
     keys = ("spatial_size", "channels", "quantization", "bit_width", "min_bit_width", "max_bit_width",
-            "lambda_bits", "bit_reduction", "learning_rate", "bit_learning_rate", "num_samples")
+            "lambda_bits", "bit_reduction", "learning_rate", "bit_learning_rate")
     return {k: p.get_parsed_content(k) for k in keys}
 
 

@@ -88,7 +88,8 @@ class QuantUNetStatsHandler:
         line = f"epoch {engine.state.epoch}/{engine.state.max_epochs}"
         if parts:
             line += " loss {total:.4f} (bce {bce:.4f}, dice {dice:.4f}, bit term {bits:.3f})".format(**parts)
-        if self.evaluator is not None and self.evaluator.state.metrics:
+        validated_now = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch
+        if validated_now and self.evaluator.state.metrics:
             key = self.evaluator.state.key_metric_name if hasattr(self.evaluator.state, "key_metric_name") else None
             metrics = self.evaluator.state.metrics
             val = metrics.get(key) if key else next(iter(metrics.values()))

@@ -122,3 +122,24 @@ def test_empty_inference_folder_is_a_clear_error(tmp_path):
     with pytest.raises(Exception) as err:
         _run(str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), dataset_dir=str(tmp_path), **TINY)
     assert "no NIfTI / NRRD volumes" in str(_root_cause(err.value))
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_with_two_cpu_processes(synthetic_dataset, tmp_path):
+    """torchrun with 2 gloo processes on the CPU: DistributedDataParallel training writes one checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "monai.bundle", "run", "training", "--config_file", configs, "--bundle_root", str(BUNDLE),
+           "--dataset_dir", str(synthetic_dataset), "--max_epochs", "1", "--samples_per_epoch", "8",
+           "--batch_size", "2", "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path),
+           "--channels", "[4,8,8,16,16]", "--spatial_size", "[32,32]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped, loadable by the single-process configs
+    assert (tmp_path / "bit_widths.json").is_file()

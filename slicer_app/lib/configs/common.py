@@ -71,6 +71,6 @@ class QuantUNetTaskConfig(TaskConfig):
             learning_rate=float(self.conf.get("learning_rate", s["learning_rate"])),
             bit_learning_rate=float(self.conf.get("bit_learning_rate", s["bit_learning_rate"])),
             freeze_bit_widths=strtobool(self.conf.get("freeze_bit_widths", "false")),
-            num_samples=int(s["num_samples"]),
+            num_samples=int(self.conf.get("num_samples", 8)),
             labels=self.labels,
         )
