@@ -14,6 +14,7 @@ COMMANDS = {
     "demo-train": ("monai_quantunet.demo", "train QuantU-Net for a few minutes and print one line per epoch"),
     "prepare-lgg": ("monai_quantunet.data_cli", "convert the Kaggle LGG release (kaggle_3m) to NIfTI + datalist"),
     "make-synthetic": ("monai_quantunet.data_cli", "write synthetic tumor volumes + datalist"),
+    "export": ("monai_quantunet.export.cli", "export a checkpoint to QONNX, a FINN build folder and QCDQ ONNX"),
 }
 
 
