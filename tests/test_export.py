@@ -95,7 +95,7 @@ def test_qcdq_equals_pytorch_and_runs_volumes(exported, net, slices):
     with torch.no_grad():
         ref = net(slices)
     out = onnx_net(slices)
-    tol = exported.record["verification"]["qcdq"]["atol"]
+    tol = exported.record["verification"]["qcdq"]["tolerance"]
     assert (out - ref).abs().max() <= tol
     clear = ref.abs() > tol
     assert torch.equal((out > 0)[clear], (ref > 0)[clear])
@@ -163,7 +163,7 @@ def test_refuses_wide_activation_and_float(slices, tmp_path):
 
 def test_failed_verification_leaves_nothing(net, slices, tmp_path):
     with pytest.raises(ExportVerificationError, match="qonnx: max"):
-        export_model(net, tmp_path / "bad", slices, qonnx_atol=-1.0, verbose=False, qonnx_inference_cost=False)
+        export_model(net, tmp_path / "bad", slices, qonnx_atol=-1.0, rtol=0.0, verbose=False, qonnx_inference_cost=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -185,7 +185,7 @@ def test_cli(net, synthetic_dataset, tmp_path, capsys):
     ckpt = tmp_path / "model.pt"
     torch.save({"model": net.state_dict()}, ckpt)
     args = ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--config_file", str(config_file),
-            "--dataset-dir", str(synthetic_dataset), "--num-slices", "2"]
+            "--dataset-dir", str(synthetic_dataset), "--num-slices", "2", "--no-qonnx-cost"]
     assert main(args) == 0
     assert "23 conv layers" in capsys.readouterr().out
     assert (tmp_path / "out" / "finn" / "build.py").is_file()
@@ -210,6 +210,7 @@ def test_bundle_export_config(net, synthetic_dataset, tmp_path):
         dataset_dir=str(synthetic_dataset),
         spatial_size=list(SIZE),
         num_slices=2,
+        qonnx_inference_cost=False,
         **{"network_def#channels": list(CHANNELS)},
     )
     record = json.loads((tmp_path / "export" / "cost.json").read_text())

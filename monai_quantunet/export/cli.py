@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--board", default=DEFAULT_BOARD, help="FINN board (default %(default)s)")
     parser.add_argument("--fpga-part", default=None, help="FINN fpga_part instead of a board")
     parser.add_argument("--clk-ns", type=float, default=10.0, help="FINN synthesis clock period in ns")
+    parser.add_argument("--no-qonnx-cost", action="store_true",
+                        help="skip qonnx's own inference_cost in cost.json (slow on large nets)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
 
 
@@ -56,5 +58,6 @@ def main(args: argparse.Namespace) -> int:
     slices, source = example_slices(dataset_dir, spatial_size, args.num_slices)
     print(f"network from {config_file}, checkpoint {args.checkpoint}, example slices: {source}")
     export_model(network, args.out, slices, overwrite=args.overwrite, checkpoint=args.checkpoint,
-                 board=None if args.fpga_part else args.board, fpga_part=args.fpga_part, clk_period_ns=args.clk_ns)
+                 board=None if args.fpga_part else args.board, fpga_part=args.fpga_part, clk_period_ns=args.clk_ns,
+                 qonnx_inference_cost=not args.no_qonnx_cost)
     return 0

@@ -32,7 +32,7 @@ from monai_quantunet.export.cost import CostReport, check_weight_memory, cost_re
 from monai_quantunet.export.finn import DEFAULT_BOARD, write_finn_folder
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
 from monai_quantunet.export.qonnx import export_qonnx_model, quant_dtypes, run_qonnx
-from monai_quantunet.export.verify import QCDQ_ATOL, QONNX_ATOL, check_verification, compare_logits
+from monai_quantunet.export.verify import QCDQ_ATOL, QONNX_ATOL, RTOL, check_verification, compare_logits
 from monai_quantunet.inference import load_state_dict
 
 __all__ = ["ExportResult", "export_model", "load_checkpoint", "check_bit_widths", "example_slices", "MIN_EXPORT_BITS",
@@ -105,6 +105,7 @@ def export_model(
     clk_period_ns: float = 10.0,
     qonnx_atol: float = QONNX_ATOL,
     qcdq_atol: float = QCDQ_ATOL,
+    rtol: float = RTOL,
     qonnx_inference_cost: bool = True,
     verbose: bool = True,
 ) -> ExportResult:
@@ -117,7 +118,8 @@ def export_model(
             ``input.npy``, all N verify QONNX and QCDQ against PyTorch.
         checkpoint: optional state_dict file loaded into ``network`` first (``ValueError`` if it does not fit).
         board / fpga_part / clk_period_ns: FINN target (see :func:`monai_quantunet.export.finn.build_config`).
-        qonnx_atol / qcdq_atol: verification tolerances, logit units (see :mod:`monai_quantunet.export.verify`).
+        qonnx_atol / qcdq_atol / rtol: verification tolerance ``atol + rtol x max |logit|`` (see
+            :mod:`monai_quantunet.export.verify`).
         qonnx_inference_cost: also record qonnx's own ``inference_cost`` (skips ConvTranspose) for comparison.
 
     Raises ``ExportVerificationError`` (a ``ValueError``) with a report if an export disagrees with PyTorch.
@@ -139,7 +141,7 @@ def export_model(
     tmp = _make_temp_sibling(out_dir)
     try:
         record = _export_into(net, tmp, slices, widths, board, fpga_part, clk_period_ns, qonnx_atol, qcdq_atol,
-                              qonnx_inference_cost, verbose)
+                              rtol, qonnx_inference_cost, verbose)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -152,15 +154,15 @@ def export_model(
 
 def _export_into(net: nn.Module, folder: Path, slices: torch.Tensor, widths: BitWidthReport, board: str | None,
                  fpga_part: str | None, clk_period_ns: float, qonnx_atol: float, qcdq_atol: float,
-                 qonnx_inference_cost: bool, verbose: bool) -> dict:
+                 rtol: float, qonnx_inference_cost: bool, verbose: bool) -> dict:
     qonnx_model = export_qonnx_model(net, slices, folder / QONNX_FILE)
     export_qcdq_model(net, slices, folder / QCDQ_FILE)
 
     reference = net(slices).numpy()
     qonnx_logits = run_qonnx(qonnx_model, slices)
     verification = {
-        "qonnx": compare_logits(reference, qonnx_logits, qonnx_atol),
-        "qcdq": compare_logits(reference, onnx_network(folder / QCDQ_FILE)(slices).numpy(), qcdq_atol),
+        "qonnx": compare_logits(reference, qonnx_logits, qonnx_atol, rtol),
+        "qcdq": compare_logits(reference, onnx_network(folder / QCDQ_FILE)(slices).numpy(), qcdq_atol, rtol),
     }
     check_verification(verification)
 
@@ -182,7 +184,7 @@ def _export_into(net: nn.Module, folder: Path, slices: torch.Tensor, widths: Bit
     if verbose:
         print(costs.format_table())
         for name, r in verification.items():
-            print(f"verification {name}: max |logit diff| {r['max_abs_diff']:.3g} (tolerance {r['atol']:g}), "
+            print(f"verification {name}: max |logit diff| {r['max_abs_diff']:.3g} (tolerance {r['tolerance']:.3g}), "
                   f"{r['mask_mismatches']} mask mismatches, {r['num_slices']} slices")
     return record
 
