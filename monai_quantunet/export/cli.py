@@ -47,17 +47,18 @@ def network_from_config(config_file: str | Path) -> tuple[object, dict]:
 
 def main(args: argparse.Namespace) -> int:
     from monai_quantunet.bundle import find_bundle_root
-    from monai_quantunet.export.core import example_slices, export_model
+    from monai_quantunet.export.core import example_slices, export_model, load_checkpoint
 
     config_file = args.config_file or str(Path(find_bundle_root()) / "configs" / "train.json")
     network, parser = network_from_config(config_file)
+    load_checkpoint(network, args.checkpoint)  # fail fast, before reading volumes
     spatial_size = parser.get_parsed_content("spatial_size") if "spatial_size" in parser.get() else (128, 128)
     dataset_dir = args.dataset_dir
     if dataset_dir is None and "dataset_dir" in parser.get():
         dataset_dir = parser.get_parsed_content("dataset_dir")
     slices, source = example_slices(dataset_dir, spatial_size, args.num_slices)
     print(f"network from {config_file}, checkpoint {args.checkpoint}, example slices: {source}")
-    export_model(network, args.out, slices, overwrite=args.overwrite, checkpoint=args.checkpoint,
+    export_model(network, args.out, slices, overwrite=args.overwrite,
                  board=None if args.fpga_part else args.board, fpga_part=args.fpga_part, clk_period_ns=args.clk_ns,
                  qonnx_inference_cost=not args.no_qonnx_cost)
     return 0

@@ -155,15 +155,14 @@ def export_model(
 def _export_into(net: nn.Module, folder: Path, slices: torch.Tensor, widths: BitWidthReport, board: str | None,
                  fpga_part: str | None, clk_period_ns: float, qonnx_atol: float, qcdq_atol: float,
                  rtol: float, qonnx_inference_cost: bool, verbose: bool) -> dict:
-    qonnx_model = export_qonnx_model(net, slices, folder / QONNX_FILE)
-    export_qcdq_model(net, slices, folder / QCDQ_FILE)
-
     reference = net(slices).numpy()
+    qonnx_model = export_qonnx_model(net, slices, folder / QONNX_FILE)
     qonnx_logits = run_qonnx(qonnx_model, slices)
-    verification = {
-        "qonnx": compare_logits(reference, qonnx_logits, qonnx_atol, rtol),
-        "qcdq": compare_logits(reference, onnx_network(folder / QCDQ_FILE)(slices).numpy(), qcdq_atol, rtol),
-    }
+    verification = {"qonnx": compare_logits(reference, qonnx_logits, qonnx_atol, rtol)}
+    check_verification(verification)  # fail before the QCDQ export
+    export_qcdq_model(net, slices, folder / QCDQ_FILE)
+    qcdq_logits = onnx_network(folder / QCDQ_FILE)(slices).numpy()
+    verification["qcdq"] = compare_logits(reference, qcdq_logits, qcdq_atol, rtol)
     check_verification(verification)
 
     write_finn_folder(folder / "finn", folder / QONNX_FILE, slices[:1].numpy(), qonnx_logits[:1],
