@@ -152,14 +152,17 @@ def test_refuses_existing_folder(exported, net, slices):
         export_model(net, exported.out_dir, slices, verbose=False)
 
 
-def test_refuses_wide_activation_and_float(slices, tmp_path):
-    net = QuantUNet(1, 1, CHANNELS, quantization="fixed", bit_width=4)
-    net.decoder[0][2] = QuantReLU(act_quant=Uint8ActPerTensorFloat, bit_width=10)
+def test_refuses_wide_activation_float_and_unwritable(net, slices, tmp_path):
+    wide = QuantUNet(1, 1, CHANNELS, quantization="fixed", bit_width=4)
+    wide.decoder[0][2] = QuantReLU(act_quant=Uint8ActPerTensorFloat, bit_width=10)
     with pytest.raises(ValueError, match=r"decoder\.0\.2 \(activation: 10 bits\)"):
-        export_model(net, tmp_path / "wide", slices, verbose=False)
+        export_model(wide, tmp_path / "wide", slices, verbose=False)
     with pytest.raises(ValueError, match="not quantized"):
         export_model(QuantUNet(1, 1, CHANNELS, quantization="float"), tmp_path / "float", slices, verbose=False)
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(PermissionError, match="cannot write the export folder"):
+        export_model(net, tmp_path / "a_file" / "export", slices, verbose=False)
 
 
 def test_failed_verification_leaves_nothing(net, slices, tmp_path):

@@ -11,9 +11,7 @@ Units: MACs per image; BOPs = MACs x weight bits x input-activation bits; memory
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -89,9 +87,6 @@ class CostReport:
             f"({t['weight_compression_vs_float32']:.1f}x smaller than float32)",
         ]
         return "\n".join(lines)
-
-    def to_json(self, path: str | Path, **extra) -> None:
-        Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2))
 
 
 def _conv_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
