@@ -15,6 +15,7 @@ COMMANDS = {
     "prepare-lgg": ("monai_quantunet.data_cli", "convert the Kaggle LGG release (kaggle_3m) to NIfTI + datalist"),
     "make-synthetic": ("monai_quantunet.data_cli", "write synthetic tumor volumes + datalist"),
     "train-deepedit": ("monai_quantunet.interactive_cli", "train the click-guided (interactive) QuantU-Net"),
+    "export": ("monai_quantunet.export.cli", "export a checkpoint to QONNX, a FINN build folder and QCDQ ONNX"),
 }
 
 

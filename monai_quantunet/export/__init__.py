@@ -1,0 +1,30 @@
+"""Export for wearable FPGA targets and CPUs: QONNX, a FINN build folder, QCDQ ONNX, hardware cost.
+
+Main entry: :func:`export_model`; CLI: ``python -m monai_quantunet export``; inference through the QCDQ
+model: :func:`onnx_network`.
+"""
+
+from monai_quantunet.export.core import (
+    ExportResult,
+    check_bit_widths,
+    example_slices,
+    export_model,
+    load_checkpoint,
+)
+from monai_quantunet.export.cost import CostReport, LayerCost, cost_report
+from monai_quantunet.export.qcdq import OnnxSliceNetwork, onnx_network
+from monai_quantunet.export.verify import ExportVerificationError
+
+__all__ = [
+    "ExportResult",
+    "ExportVerificationError",
+    "CostReport",
+    "LayerCost",
+    "OnnxSliceNetwork",
+    "check_bit_widths",
+    "cost_report",
+    "example_slices",
+    "export_model",
+    "load_checkpoint",
+    "onnx_network",
+]
