@@ -22,8 +22,8 @@ def load(spec: str) -> tuple[str, dict]:
 
 def table(rows: list[tuple[str, dict]]) -> str:
     out = [
-        "| model | Dice mean (std) | pixel accuracy | IoU | weight bits (simple / size-weighted) | activation bits | weights | vs float32 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | Dice mean (std) | pixel accuracy | IoU | weight bits (simple / size-weighted) | activation bits | weights | vs float32 | GBOPs / slice |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in rows:
         b = s["bits"]
@@ -31,7 +31,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
             f"| {name} | {s['dice']['mean']:.4f} ({s['dice']['std']:.3f}) | {100 * s['accuracy']['mean']:.2f}% | "
             f"{s['iou']['mean']:.4f} | {b['mean_weight_bits']:.2f} / {b['size_weighted_weight_bits']:.2f} | "
             f"{b['mean_activation_bits']:.2f} | {b['weight_memory_bytes'] / 1024:.1f} KiB | "
-            f"{b['compression_vs_float32']:.1f}x |"
+            f"{b['compression_vs_float32']:.1f}x | {s.get('cost_per_slice', {}).get('bops', float('nan')) / 1e9:.2f} |"
         )
     return "\n".join(out)
 

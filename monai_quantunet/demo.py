@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--channels", type=int, nargs=5, default=[8, 16, 32, 64, 128])
     parser.add_argument("--lambda-bits", type=float, default=0.25)
+    parser.add_argument("--bit-width", type=int, default=8, help="initial width of weights and activations")
+    parser.add_argument("--max-bit-width", type=int, default=8)
     parser.add_argument("--bit-lr", type=float, default=0.05, help="learning rate of the bit-width parameters")
     parser.add_argument("--output-dir", default="runs/demo", help="bit-width JSON/PNG and TensorBoard logs")
 
@@ -33,6 +35,8 @@ def main(args: argparse.Namespace) -> int:
         "max_epochs": args.epochs,
         "channels": list(args.channels),
         "lambda_bits": args.lambda_bits,
+        "bit_width": args.bit_width,
+        "max_bit_width": args.max_bit_width,
         "bit_learning_rate": args.bit_lr,
         "output_dir": str(Path(args.output_dir).resolve()),
         "ckpt_dir": str(Path(args.output_dir).resolve()),

@@ -6,8 +6,10 @@ import csv
 import json
 import logging
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from monai_quantunet.bitwidth import bit_width_report
@@ -22,13 +24,21 @@ class EvaluationReport:
     """Ignite handler for an evaluator whose batches hold binary ``pred`` and ``label`` in the input geometry.
 
     Writes ``output_dir/metrics.csv`` (case, dice, iou, accuracy, voxels of label and prediction) and
-    ``output_dir/summary.json`` (mean, std, min, max of each metric; bit-width totals of ``network``), and logs
+    ``output_dir/summary.json`` (mean, std, min, max of each metric; bit-width totals of ``network`` and, given
+    ``spatial_size``, its cost per slice: MACs, BOPs), and logs
     a table when the run completes.
     """
 
-    def __init__(self, output_dir: str | Path, network: nn.Module | None = None, name: str = "QuantUNet.eval"):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        network: nn.Module | None = None,
+        spatial_size: Sequence[int] | None = None,
+        name: str = "QuantUNet.eval",
+    ):
         self.output_dir = Path(output_dir)
         self.network = network
+        self.spatial_size = tuple(spatial_size) if spatial_size else None
         self.logger = logging.getLogger(name)
         self.rows: list[dict] = []
 
@@ -62,6 +72,12 @@ class EvaluationReport:
             }
         if self.network is not None:
             out["bits"] = bit_width_report(self.network).totals()
+            if self.spatial_size:
+                from monai_quantunet.export.cost import cost_report
+
+                device = next(self.network.parameters()).device
+                example = torch.zeros(1, self.network.in_channels, *self.spatial_size, device=device)
+                out["cost_per_slice"] = cost_report(self.network, example).totals()
         return out
 
     def _completed(self, engine) -> None:

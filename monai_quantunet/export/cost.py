@@ -100,8 +100,10 @@ def _conv_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
 @torch.no_grad()
 def cost_report(model: nn.Module, example: torch.Tensor) -> CostReport:
     """Cost of ``model`` on one image shaped like ``example[:1]`` ``(1, C, H, W)``; every conv and
-    transposed conv is covered. Raises ``ValueError`` if a conv runs before any activation quantizer."""
+    transposed conv is covered. A model without activation quantizers (the float twin) is costed at 32-bit
+    inputs. Raises ``ValueError`` if a conv of a quantized model runs before any activation quantizer."""
     widths = {r.name: r for r in bit_width_report(model).layers}
+    float_inputs = not any(isinstance(m, _QUANTIZERS) for m in model.modules())
     names = {m: n for n, m in model.named_modules()}
     last_quantizer: list[nn.Module] = []
     rows: list[LayerCost] = []
@@ -111,10 +113,12 @@ def cost_report(model: nn.Module, example: torch.Tensor) -> CostReport:
 
     def on_conv(module: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         name = names[module]
-        if not last_quantizer:
+        if not last_quantizer and not float_inputs:
             raise ValueError(f"layer {name} runs before any activation quantizer: cannot cost its input width")
         x = inp[0]
-        w_bits, a_bits = int(widths[name].bits), int(widths[names[last_quantizer[0]]].bits)
+        input_quantizer = "" if float_inputs else names[last_quantizer[0]]
+        w_bits = int(widths[name].bits)
+        a_bits = FLOAT_BITS if float_inputs else int(widths[input_quantizer].bits)
         macs = _conv_macs(module, x, out)
         rows.append(
             LayerCost(
@@ -122,7 +126,7 @@ def cost_report(model: nn.Module, example: torch.Tensor) -> CostReport:
                 op=type(module).__name__,
                 input_shape=list(x.shape[1:]),
                 output_shape=list(out.shape[1:]),
-                input_quantizer=names[last_quantizer[0]],
+                input_quantizer=input_quantizer,
                 weight_bits=w_bits,
                 input_bits=a_bits,
                 num_weights=module.weight.numel(),

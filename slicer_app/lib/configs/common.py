@@ -20,11 +20,15 @@ LABELS = {"tumor": 1}
 
 
 class QuantUNetTaskConfig(TaskConfig):
-    """Subclasses set ``in_channels``, ``checkpoint_conf`` (the --conf key) and ``default_checkpoint``."""
+    """Subclasses set ``in_channels``, ``checkpoint_conf`` (the --conf key), ``default_checkpoint``, the task
+    classes ``infer_task`` / ``train_task`` and ``train_description``."""
 
     in_channels = 1
     checkpoint_conf = "checkpoint"
     default_checkpoint = "model.pt"
+    infer_task: type
+    train_task: type
+    train_description: str
 
     def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
@@ -51,6 +55,20 @@ class QuantUNetTaskConfig(TaskConfig):
         else:
             # log a clear warning now if the file does not fit the network (it is then served with initial weights)
             load_checkpoint_or_warn(network_from_bundle(self.bundle_root, in_channels=self.in_channels), current, name)
+
+    def infer(self):
+        return self.infer_task(
+            path=self.path,
+            network=self.network,
+            spatial_size=self.spatial_size,
+            labels=self.labels,
+            preload=self.preload,
+            model_name=self.name,
+            config={"device": self.device, "sw_batch_size": 32},
+        )
+
+    def trainer(self):
+        return self.train_task(description=self.train_description, **self.trainer_kwargs())
 
     def current_checkpoint(self):
         for p in reversed(self.path):

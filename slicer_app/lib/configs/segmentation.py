@@ -1,13 +1,8 @@
 from __future__ import annotations
 
-from typing import Optional
-
 import lib.infers
 import lib.trainers
 from lib.configs.common import QuantUNetTaskConfig
-
-from monailabel.interfaces.tasks.infer_v2 import InferTask
-from monailabel.interfaces.tasks.train import TrainTask
 
 
 class Segmentation(QuantUNetTaskConfig):
@@ -16,17 +11,6 @@ class Segmentation(QuantUNetTaskConfig):
     in_channels = 1
     checkpoint_conf = "checkpoint"
     default_checkpoint = "model.pt"
-
-    def infer(self) -> InferTask:
-        return lib.infers.Segmentation(
-            path=self.path,
-            network=self.network,
-            spatial_size=self.spatial_size,
-            labels=self.labels,
-            preload=self.preload,
-            model_name=self.name,
-            config={"device": self.device, "sw_batch_size": 32},
-        )
-
-    def trainer(self) -> Optional[TrainTask]:
-        return lib.trainers.Segmentation(description="Fine-tune the QuantU-Net on saved labels", **self.trainer_kwargs())
+    infer_task = lib.infers.Segmentation
+    train_task = lib.trainers.Segmentation
+    train_description = "Fine-tune the QuantU-Net on saved labels"
