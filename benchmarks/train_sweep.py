@@ -12,7 +12,10 @@ Run names:
     python benchmarks/train_sweep.py --dataset-dir ../shared/data/lgg_flair --runs float fixed4 learned@0.25 \\
         --budget-minutes 10 --out runs/sweep
 
-Writes ``<out>/<run>/`` (``@`` and ``:`` in names become ``_``) (checkpoint, bit-width JSON/PNG, TensorBoard, train.log) and ``<out>/sweep.json``.
+Writes ``<out>/<run>/`` (``@`` and ``:`` in names become ``_``) (checkpoint, bit-width JSON/PNG, TensorBoard, train.log),
+then evaluates every run's best checkpoint on the datalist's validation split at the volumes' own resolution
+(``<out>/<run>/eval/``: per-volume CSV, summary JSON) and writes ``<out>/results.md``, ``<out>/results.json``,
+``<out>/pareto.png`` (Dice vs weight memory) and ``<out>/sweep.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_CONFIG = REPO / "bundles" / "quantunet_brain_tumor_seg" / "configs" / "train.json"
+CONFIGS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "configs"
+TRAIN_CONFIG = CONFIGS / "train.json"
+NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size")
 _RUN_RE = re.compile(r"^(float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted))?(?::init(?P<init>[2-8]))?)$")
 
 
@@ -54,9 +59,7 @@ def run_dir(out: str | Path, name: str) -> Path:
     return Path(out) / re.sub(r"[@:]", "_", name)
 
 
-def _launch(name: str, args: argparse.Namespace, epochs: int, log_name: str) -> tuple[subprocess.Popen, Path]:
-    out = run_dir(args.out, name).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+def _overrides(name: str, args: argparse.Namespace, epochs: int, out: Path) -> dict:
     overrides = {
         **run_overrides(name),
         "dataset_dir": str(Path(args.dataset_dir).resolve()),
@@ -73,9 +76,20 @@ def _launch(name: str, args: argparse.Namespace, epochs: int, log_name: str) -> 
     for item in args.set:
         key, value = item.split("=", 1)
         overrides[key] = json.loads(value)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG)]
+    return overrides
+
+
+def _command(run_id: str | None, config_file: str, overrides: dict) -> list[str]:
+    cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else []) + ["--config_file", config_file]
     for key, value in overrides.items():
         cmd += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    return cmd
+
+
+def _launch(name: str, args: argparse.Namespace, epochs: int, log_name: str) -> tuple[subprocess.Popen, Path]:
+    out = run_dir(args.out, name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = _command("training", str(TRAIN_CONFIG), _overrides(name, args, epochs, out))
     log = out / log_name
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -108,9 +122,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="extra bundle overrides")
     parser.add_argument("--out", default="runs/sweep")
+    parser.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the runs in --out")
     args = parser.parse_args()
     for name in args.runs:
         run_overrides(name)  # validate names before starting anything
+    if args.evaluate_only:
+        evaluate(args)
+        return
 
     probe = _run_all(args, args.probe_epochs, "probe.log")
     slowest = max(probe.values())
@@ -135,6 +153,28 @@ def main() -> None:
         print(f"{name:<34} epochs {epochs:>4}  wall {walls[name]:6.0f} s  best val Dice "
               f"{summary['runs'][name]['best_val_dice']:.4f}", flush=True)
     (Path(args.out) / "sweep.json").write_text(json.dumps(summary, indent=1))
+    evaluate(args)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Bundle evaluation of each run's checkpoint (one at a time), then the results table and Pareto plot."""
+    specs = []
+    for name in args.runs:
+        out = run_dir(args.out, name).resolve()
+        train_overrides = _overrides(name, args, 1, out)
+        overrides = {k: v for k, v in train_overrides.items() if k in NETWORK_KEYS}
+        overrides.update(checkpoint=str(out / "model.pt"), output_dir=str(out / "eval"),
+                         dataset_dir=str(Path(args.dataset_dir).resolve() / "dataset.json"))
+        configs = f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'evaluate.json'}']"
+        with open(out / "eval.log", "w") as log:
+            subprocess.run(_command(None, configs, overrides), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=True)
+        specs.append(f"{name}={out / 'eval' / 'summary.json'}")
+    table = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "results_table.py"), *specs, "--out", str(Path(args.out) / "results.json"),
+         "--png", str(Path(args.out) / "pareto.png")], capture_output=True, text=True, check=True,
+    ).stdout
+    (Path(args.out) / "results.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":
