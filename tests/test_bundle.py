@@ -57,7 +57,7 @@ def test_float_then_qat_recipe(synthetic_dataset, tmp_path):
          samples_per_epoch=8, batch_size=4, quantization="float", ckpt_dir=str(tmp_path), output_dir=str(tmp_path), **TINY)
     assert (tmp_path / "float_model.pt").is_file()
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), bundle_root=str(BUNDLE),
-                              dataset_dir=str(synthetic_dataset), float_checkpoint=str(tmp_path / "float_model.pt"),
+                              dataset_dir=str(synthetic_dataset), init_checkpoint=str(tmp_path / "float_model.pt"),
                               ckpt_dir=str(tmp_path), output_dir=str(tmp_path), **TINY)
     workflow.initialize()
     float_state = torch.load(tmp_path / "float_model.pt", weights_only=True)

@@ -162,20 +162,18 @@ class QuantUNet(nn.Module):
         return self.head(x) + self.head_bias
 
     def load_float_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Initialise from a float twin's ``state_dict`` (weights, BatchNorm, head bias).
+        """Initialise from a float twin's ``state_dict`` (weights, BatchNorm, head bias) for QAT; a state_dict
+        of a QuantUNet of the same mode loads whole (weights, scales, widths: continued training).
 
-        Quantizer state (scales, bit widths) keeps its initialisation. Raises ``ValueError`` if a float
-        tensor has no counterpart or a different shape.
+        Quantizer state absent from ``state_dict`` (a float twin's) keeps its initialisation. Raises
+        ``ValueError`` if a tensor has no counterpart or a different shape.
         """
-        own = self.state_dict()
-        unknown = [k for k in state_dict if k not in own]
-        mismatched = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
-        if unknown or mismatched:
-            raise ValueError(
-                f"float state_dict does not match this network: unknown keys {unknown[:5]}, "
-                f"shape mismatches {mismatched[:5]}"
-            )
-        self.load_state_dict(state_dict, strict=False)
+        try:
+            result = self.load_state_dict(state_dict, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ValueError(f"state_dict does not match this network: {e}") from e
+        if result.unexpected_keys:
+            raise ValueError(f"state_dict does not match this network: unknown keys {result.unexpected_keys[:5]}")
 
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
