@@ -16,7 +16,7 @@ PAPER = {"mean_weight_bits": 4.24, "dice_drop_points": 1.89}  # QuantU-Net paper
 
 
 def load(spec: str) -> tuple[str, dict]:
-    name, path = spec.split("=", 1)
+    name, path = spec.rsplit("=", 1)
     return name, json.loads(Path(path).read_text())["summary"]
 
 

@@ -228,6 +228,7 @@ def test_bundle_export_config(net, synthetic_dataset, tmp_path):
         spatial_size=list(SIZE),
         num_slices=1,
         qonnx_inference_cost=False,
+        max_bit_width=8,
         **{"network_def#channels": list(CHANNELS)},
     )
     record = json.loads((tmp_path / "export" / "cost.json").read_text())
