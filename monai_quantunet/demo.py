@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--lambda-bits", type=float, default=0.25)
     parser.add_argument("--bit-width", type=int, default=8, help="initial width of weights and activations")
     parser.add_argument("--max-bit-width", type=int, default=8)
-    parser.add_argument("--bit-lr", type=float, default=0.05, help="learning rate of the bit-width parameters")
+    parser.add_argument("--bit-lr", type=float, default=0.02, help="learning rate of the bit-width parameters")
     parser.add_argument("--output-dir", default="runs/demo", help="bit-width JSON/PNG and TensorBoard logs")
 
 
