@@ -241,7 +241,7 @@ class SliceDataset:
             raise ValueError("SliceDataset got no volumes")
         self.images = torch.cat(images).float()
         self.labels = torch.cat(labels)
-        self.has_tumor = self.labels.flatten(1).any(dim=1)
+        self.has_tumor = self.labels.flatten(1).bool().any(dim=1)
         self.transform = transform
 
     def __len__(self) -> int:

@@ -128,3 +128,15 @@ def test_missing_files_in_datalist(synthetic_dataset, tmp_path):
     path.write_text(json.dumps(datalist))
     with pytest.raises(ValueError, match="nope.nii.gz"):
         load_datalist(path, "training", base_dir=synthetic_dataset)
+
+
+def test_slice_dataset_samples_tumor_slices_at_the_requested_fraction(synthetic_dataset):
+    from monai_quantunet.data import SliceDataset
+
+    items = load_datalist(synthetic_dataset / "dataset.json", "training")
+    ds = SliceDataset(items, val_transforms((32, 32)))
+    assert len(ds) == 4 * 8 and ds[0]["image"].shape == (1, 32, 32) and ds[0]["label"].shape == (1, 32, 32)
+    assert 0 < int(ds.has_tumor.sum()) < len(ds)
+    drawn = list(ds.sampler(3000, tumor_fraction=0.75, seed=1))
+    fraction = float(ds.has_tumor[drawn].float().mean())
+    assert abs(fraction - 0.75) < 0.05
