@@ -11,7 +11,7 @@ from pathlib import Path
 
 from monai_quantunet.bundle import find_bundle_root
 
-DEFAULT_REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_flair"
+from monai_quantunet.data import SHARED_LGG_FLAIR as DEFAULT_REAL_DATA
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_flair"
+from monai_quantunet.data import SHARED_LGG_FLAIR as DEFAULT_REAL_DATA
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
