@@ -1,9 +1,11 @@
-"""Markdown table of evaluated models (from the bundle evaluation's ``summary.json`` files).
+"""Markdown table and Pareto plot of evaluated models (from the bundle evaluation's ``summary.json`` files).
 
     python benchmarks/results_table.py NAME=eval_dir/summary.json [NAME=...] [--out results.json] [--png pareto.png]
 
 Columns: mean per-volume Dice (std), pixel accuracy, IoU, mean weight bits (simple / size-weighted), mean
-activation bits, weight memory, compression vs float32. Each number is read from the files, none typed in.
+activation bits, weight memory, compression vs float32, BOPs per slice, and the Dice change vs the float twin
+(the row named ``float``, when present). Each number is read from the files, none typed in. The plot puts Dice
+against weight memory and against BOPs, with the Pareto front and the paper's operating point as reference.
 """
 
 from __future__ import annotations
@@ -12,45 +14,86 @@ import argparse
 import json
 from pathlib import Path
 
-PAPER = {"mean_weight_bits": 4.24, "dice_drop_points": 1.89}  # QuantU-Net paper: 4.24 bits, -1.89 accuracy points
+# QuantU-Net paper (arXiv 2503.08719): 4.24 mean bits, validation accuracy 1.89 points below its float model
+PAPER = {"mean_weight_bits": 4.24, "dice_drop_points": 1.89}
+FLOAT_ROW = "float"
 
 
 def load(spec: str) -> tuple[str, dict]:
+    """``NAME=path/summary.json`` -> (name, the file's ``summary``)."""
     name, path = spec.rsplit("=", 1)
     return name, json.loads(Path(path).read_text())["summary"]
 
 
+def _float_dice(rows: list[tuple[str, dict]]) -> float | None:
+    return next((s["dice"]["mean"] for name, s in rows if name == FLOAT_ROW), None)
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown table, one row per model, in the given order."""
+    ref = _float_dice(rows)
     out = [
-        "| model | Dice mean (std) | pixel accuracy | IoU | weight bits (simple / size-weighted) | activation bits | weights | vs float32 | GBOPs / slice |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | Dice mean (std) | Δ Dice vs float (points) | pixel accuracy | IoU | weight bits (simple / size-weighted) "
+        "| activation bits | weights | vs float32 | GBOPs / slice |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in rows:
-        b = s["bits"]
+        b, dice = s["bits"], s["dice"]["mean"]
+        delta = f"{100 * (dice - ref):+.2f}" if ref is not None else "n/a"
         out.append(
-            f"| {name} | {s['dice']['mean']:.4f} ({s['dice']['std']:.3f}) | {100 * s['accuracy']['mean']:.2f}% | "
+            f"| {name} | {dice:.4f} ({s['dice']['std']:.3f}) | {delta} | {100 * s['accuracy']['mean']:.2f}% | "
             f"{s['iou']['mean']:.4f} | {b['mean_weight_bits']:.2f} / {b['size_weighted_weight_bits']:.2f} | "
             f"{b['mean_activation_bits']:.2f} | {b['weight_memory_bytes'] / 1024:.1f} KiB | "
-            f"{b['compression_vs_float32']:.1f}x | {s.get('cost_per_slice', {}).get('bops', float('nan')) / 1e9:.2f} |"
+            f"{b['compression_vs_float32']:.1f}x | {s['cost_per_slice']['bops'] / 1e9:.2f} |"
         )
     return "\n".join(out)
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (lower or equal cost and higher or equal Dice, one strictly),
+    sorted by cost. ``points``: (cost, dice)."""
+    front = [
+        i for i, (c, d) in enumerate(points)
+        if not any((c2 <= c and d2 >= d) and (c2 < c or d2 > d) for c2, d2 in points)
+    ]
+    return sorted(front, key=lambda i: points[i][0])
+
+
 def pareto_png(rows: list[tuple[str, dict]], path: str) -> None:
+    """Two panels: Dice vs weight memory (KiB) and Dice vs GBOPs per slice, log x; front as a line; the paper's
+    point (4.24 bits, float Dice - 1.89 points) where a float row gives its reference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, s in rows:
-        kib = s["bits"]["weight_memory_bytes"] / 1024
-        ax.scatter(kib, s["dice"]["mean"])
-        ax.annotate(name, (kib, s["dice"]["mean"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("weight memory (KiB, log)")
-    ax.set_ylabel("mean per-volume Dice")
-    ax.grid(alpha=0.3)
+    axes_def = [
+        ("weight memory (KiB, log)", lambda s: s["bits"]["weight_memory_bytes"] / 1024),
+        ("GBOPs per 128 x 128 slice (log)", lambda s: s["cost_per_slice"]["bops"] / 1e9),
+    ]
+    ref = _float_dice(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (label, cost) in zip(axes, axes_def):
+        points = [(cost(s), s["dice"]["mean"]) for _, s in rows]
+        for (name, _), (x, y) in zip(rows, points):
+            ax.scatter(x, y, s=18)
+            ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front = pareto_front(points)
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=0.8, label="Pareto front")
+        if ref is not None:
+            ax.axhline(ref - PAPER["dice_drop_points"] / 100, color="tab:red", lw=0.8, ls=":",
+                       label=f"float - {PAPER['dice_drop_points']} points (paper's drop)")
+            if label.startswith("weight"):
+                float_kib = next(s["bits"]["float32_weight_memory_bytes"] for _, s in rows) / 1024
+                ax.plot(float_kib * PAPER["mean_weight_bits"] / 32, ref - PAPER["dice_drop_points"] / 100, "r*",
+                        ms=12, label=f"paper: {PAPER['mean_weight_bits']} bits, -{PAPER['dice_drop_points']} points")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("mean per-volume Dice")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -60,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="NAME=SUMMARY_JSON")
     parser.add_argument("--out", help="write the rows as JSON")
-    parser.add_argument("--png", help="write Dice vs weight memory as PNG")
+    parser.add_argument("--png", help="write the Pareto plot (Dice vs weight memory and vs BOPs) as PNG")
     args = parser.parse_args()
     rows = [load(spec) for spec in args.runs]
     print(table(rows))

@@ -1,21 +1,34 @@
-"""Train several bundle configurations side by side under one wall-clock budget (same data, seed, schedule).
+"""Quality vs bits: train bundle configurations side by side (same data, seed, epochs, slice sampler and
+initialisation), evaluate each on the validation split, and tabulate and plot the results.
 
-Each run is the bundle's ``training`` workflow with overrides; runs go in parallel (one process each) and get
-the same number of epochs, sized from a one-epoch probe so the slowest run fits ``--budget-minutes``.
+Each run is the bundle's ``training`` workflow with overrides, one process per run, all in parallel (the cores
+split between them). Every run starts from ``--init-checkpoint`` (default: the bundle's float twin, i.e. QAT from
+float as in the paper; ``""`` trains from scratch) and gets ``--epochs`` epochs (or as many as fit
+``--budget-minutes``, sized from a probe).
 
 Run names:
     float                       the float twin
     fixed<N>                    uniform N-bit weights and activations (N in 2..8)
     learned@<lambda>[:<reduction>][:init<N>]   learned widths, loss weight lambda, bit term reduction
-                                             "mean" (paper) or "size_weighted", initial width N (default 8)
+                                             "mean" (paper) or "size_weighted", initial width N (default 8),
+                                             clamped to the bundle's [min_bit_width, max_bit_width]
 
-    python benchmarks/train_sweep.py --dataset-dir ../shared/data/lgg_flair --runs float fixed4 learned@0.25 \\
-        --budget-minutes 10 --out runs/sweep
+Small default (3 runs, 2 short epochs; about 10 minutes on 2 CPU cores, mostly evaluation):
 
-Writes ``<out>/<run>/`` (``@`` and ``:`` in names become ``_``) (checkpoint, bit-width JSON/PNG, TensorBoard, train.log),
-then evaluates every run's best checkpoint on the datalist's validation split at the volumes' own resolution
-(``<out>/<run>/eval/``: per-volume CSV, summary JSON) and writes ``<out>/results.md``, ``<out>/results.json``,
-``<out>/pareto.png`` (Dice vs weight memory) and ``<out>/sweep.json``.
+    python benchmarks/train_sweep.py
+
+The full experiment of the bundle docs (11 runs x 6 epochs of 640 slices; about 75 minutes on 2 CPU cores):
+
+    python benchmarks/train_sweep.py --epochs 6 --samples-per-epoch 640 --out runs/sweep_full --runs float fixed8 \
+        fixed4 fixed3 fixed2 learned@0:init4 learned@0.05:init4 learned@0.1:init4 learned@0.25:init4 \
+        learned@0.5:init4 learned@1.0:init4
+
+Writes ``<out>/<run>/`` (``@`` and ``:`` become ``_``: checkpoint with the best validation Dice, bit-width
+JSON/PNGs, TensorBoard, train.log), evaluates every checkpoint on the datalist's validation split at the volumes'
+own resolution (``<out>/<run>/eval/``: per-volume CSV, summary JSON), then writes ``<out>/results.md`` (quality
+table and training seconds per epoch vs the float run), ``results.json``, ``pareto.png`` (Dice vs weight memory
+and vs BOPs, with the paper's point), ``widths_by_lambda.png`` (final width per layer of each learned run),
+``training_time.json`` and ``sweep.json``.
 """
 
 from __future__ import annotations
@@ -30,8 +43,13 @@ import sys
 import time
 from pathlib import Path
 
+from machine import machine_info
+
+from monai_quantunet.data import SHARED_LGG_FLAIR
+
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "configs"
+BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
+CONFIGS = BUNDLE / "configs"
 TRAIN_CONFIG = CONFIGS / "train.json"
 NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size")
 _RUN_RE = re.compile(r"^(float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted))?(?::init(?P<init>[2-8]))?)$")
@@ -72,6 +90,7 @@ def _overrides(name: str, args: argparse.Namespace, epochs: int, out: Path) -> d
         "samples_per_epoch": args.samples_per_epoch,
         "num_workers": args.num_workers,
         "seed": args.seed,
+        "init_checkpoint": str(Path(args.init_checkpoint).resolve()) if args.init_checkpoint else "",
     }
     for item in args.set:
         key, value = item.split("=", 1)
@@ -91,7 +110,9 @@ def _launch(name: str, args: argparse.Namespace, epochs: int, log_name: str) -> 
     out.mkdir(parents=True, exist_ok=True)
     cmd = _command("training", str(TRAIN_CONFIG), _overrides(name, args, epochs, out))
     log = out / log_name
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # one process per run: split the cores between them (oversubscribed OpenMP threads slow CPU training ~10x)
+    threads = str(max(1, (os.cpu_count() or 1) // len(args.runs)))
+    env = {"OMP_NUM_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
     return proc, log
 
@@ -108,39 +129,66 @@ def _run_all(args: argparse.Namespace, epochs: int, log_name: str) -> dict[str, 
     return walls
 
 
+def _epochs_from_probe(args: argparse.Namespace) -> int:
+    """Epochs per run so that the slowest run fits ``--budget-minutes``, from a ``--probe-epochs`` probe."""
+    probe = _run_all(args, args.probe_epochs, "probe.log")
+    slowest = max(probe.values())
+    # wall = startup + epochs * per_epoch, startup counted as one epoch (data caching dominates short probes)
+    per_epoch = slowest / (args.probe_epochs + 1)
+    epochs = max(1, min(args.max_epochs, math.floor((args.budget_minutes * 60 - per_epoch) / per_epoch)))
+    epochs = max(args.val_interval, epochs - epochs % args.val_interval)  # the last epoch is validated
+    print(f"probe: slowest run {slowest:.0f} s for {args.probe_epochs} epoch(s) -> {epochs} epochs each", flush=True)
+    return epochs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset-dir", required=True)
-    parser.add_argument("--runs", nargs="+", default=["float", "fixed4", "learned@0.25"])
+    parser.add_argument("--dataset-dir", default=str(SHARED_LGG_FLAIR), help="folder with dataset.json (lgg_flair layout)")
+    parser.add_argument("--runs", nargs="+", default=["float", "fixed4", "learned@0.25:init4"])
+    parser.add_argument("--init-checkpoint", default=str(BUNDLE / "models" / "float_model.pt"),
+                        help='state_dict every run starts from ("" for random initialisation)')
     parser.add_argument("--budget-minutes", type=float, default=10.0, help="wall time of the main (parallel) runs")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (0: as many as fit --budget-minutes)")
     parser.add_argument("--probe-epochs", type=int, default=1)
     parser.add_argument("--max-epochs", type=int, default=1000, help="upper bound on the epochs")
     parser.add_argument("--val-interval", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--samples-per-epoch", type=int, default=640)
+    parser.add_argument("--samples-per-epoch", type=int, default=320)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="extra bundle overrides")
     parser.add_argument("--out", default="runs/sweep")
     parser.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the runs in --out")
+    parser.add_argument("--report-only", action="store_true", help="skip training and evaluation; redo the report")
     args = parser.parse_args()
     for name in args.runs:
         run_overrides(name)  # validate names before starting anything
+    if not (Path(args.dataset_dir) / "dataset.json").is_file():
+        parser.error(f"{args.dataset_dir}: no dataset.json (give --dataset-dir; see `python -m monai_quantunet prepare-lgg`)")
+    if args.epochs % args.val_interval:
+        parser.error(f"--epochs {args.epochs} is not a multiple of --val-interval {args.val_interval}: the last epoch "
+                     "would not be validated")
+    if args.report_only:
+        report(args)
+        return
     if args.evaluate_only:
         evaluate(args)
+        report(args)
         return
 
-    probe = _run_all(args, args.probe_epochs, "probe.log")
-    slowest = max(probe.values())
-    # wall = startup + epochs * per_epoch; startup taken as the probe's wall minus its epochs at the same rate,
-    # bounded below by half the probe (data caching dominates short probes)
-    per_epoch = slowest / (args.probe_epochs + 1)
-    epochs = max(1, min(args.max_epochs, math.floor((args.budget_minutes * 60 - per_epoch) / per_epoch)))
-    epochs = max(args.val_interval, epochs - epochs % args.val_interval)  # the last epoch is validated
-    print(f"probe: slowest run {slowest:.0f} s for {args.probe_epochs} epoch(s) -> {epochs} epochs each", flush=True)
+    epochs = args.epochs or _epochs_from_probe(args)
     walls = _run_all(args, epochs, "train.log")
 
-    summary = {"dataset_dir": args.dataset_dir, "epochs": epochs, "runs": {}}
+    summary = {
+        "command": " ".join(["python", "benchmarks/train_sweep.py", *sys.argv[1:]]),
+        "dataset_dir": args.dataset_dir,
+        "epochs": epochs,
+        "samples_per_epoch": args.samples_per_epoch,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "init_checkpoint": args.init_checkpoint,
+        "runs": {},
+    }
     for name in args.runs:
         hist_path = run_dir(args.out, name) / "bit_widths.json"
         history = json.loads(hist_path.read_text()) if hist_path.exists() else []
@@ -154,11 +202,11 @@ def main() -> None:
               f"{summary['runs'][name]['best_val_dice']:.4f}", flush=True)
     (Path(args.out) / "sweep.json").write_text(json.dumps(summary, indent=1))
     evaluate(args)
+    report(args)
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    """Bundle evaluation of each run's checkpoint (one at a time), then the results table and Pareto plot."""
-    specs = []
+    """Bundle evaluation of each run's checkpoint (one at a time) on the validation split, at full resolution."""
     for name in args.runs:
         out = run_dir(args.out, name).resolve()
         train_overrides = _overrides(name, args, 1, out)
@@ -168,13 +216,71 @@ def evaluate(args: argparse.Namespace) -> None:
         configs = f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'evaluate.json'}']"
         with open(out / "eval.log", "w") as log:
             subprocess.run(_command(None, configs, overrides), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=True)
-        specs.append(f"{name}={out / 'eval' / 'summary.json'}")
+
+
+_EPOCH_RE = re.compile(r"(SupervisedTrainer|SupervisedEvaluator) - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
+
+
+def epoch_seconds(log: Path) -> list[float]:
+    """Training seconds of each epoch from an ignite log (the trainer's epoch time minus its validation's)."""
+    train: dict[int, float] = {}
+    val: dict[int, float] = {}
+    for m in _EPOCH_RE.finditer(log.read_text(errors="replace")):
+        seconds = int(m[3]) * 3600 + int(m[4]) * 60 + float(m[5])
+        (train if m[1] == "SupervisedTrainer" else val)[int(m[2])] = seconds
+    return [t - val.get(epoch, 0.0) for epoch, t in sorted(train.items())]
+
+
+def plot_widths_by_lambda(histories: dict[str, list[dict]], path: Path) -> None:
+    """Heatmap of the final width of every quantizer (rows) for each learned run (columns), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(histories)
+    layers = [(r["name"], r["kind"]) for r in histories[names[0]][-1]["layers"] if r["kind"] != "input"]
+    bits = np.array([[next(r["bits"] for r in histories[n][-1]["layers"] if r["name"] == layer) for n in names]
+                     for layer, _ in layers])
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 0.28 * len(layers) + 1.5))
+    im = ax.imshow(bits, cmap="viridis", aspect="auto", vmin=bits.min(), vmax=bits.max())
+    for (i, j), b in np.ndenumerate(bits):
+        ax.text(j, i, f"{b:g}", ha="center", va="center", fontsize=7, color="w" if b < bits.mean() else "k")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(layers)), [f"{'w' if k == 'weight' else 'a'}: {n}" for n, k in layers], fontsize=7)
+    ax.set_title("final bit width per quantizer (w: weights, a: activations)", fontsize=9)
+    fig.colorbar(im, ax=ax, label="bits")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(args: argparse.Namespace) -> None:
+    """From the runs in ``--out``: results table and Pareto plot (``results_table.py``), training time per epoch
+    against the float run, widths-by-λ heatmap; writes results.md, results.json, pareto.png, training_time.json,
+    widths_by_lambda.png."""
+    out = Path(args.out)
+    specs = [f"{name}={run_dir(out, name) / 'eval' / 'summary.json'}" for name in args.runs]
     table = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "results_table.py"), *specs, "--out", str(Path(args.out) / "results.json"),
-         "--png", str(Path(args.out) / "pareto.png")], capture_output=True, text=True, check=True,
+        [sys.executable, str(REPO / "benchmarks" / "results_table.py"), *specs, "--out", str(out / "results.json"),
+         "--png", str(out / "pareto.png")], capture_output=True, text=True, check=True,
     ).stdout
-    (Path(args.out) / "results.md").write_text(table)
-    print(table)
+    times = {name: epoch_seconds(run_dir(out, name) / "train.log") for name in args.runs}
+    median = {name: sorted(t)[len(t) // 2] for name, t in times.items() if t}
+    base = median.get("float")
+    lines = ["| run | epochs | median training s / epoch | x float |", "| --- | ---: | ---: | ---: |"]
+    for name, t in median.items():
+        lines.append(f"| {name} | {len(times[name])} | {t:.0f} | {t / base:.2f} |" if base else f"| {name} | {len(times[name])} | {t:.0f} | n/a |")
+    (out / "training_time.json").write_text(json.dumps(
+        {"machine": machine_info(), "runs_in_parallel": len(args.runs), "epoch_seconds": times, "median_epoch_seconds": median},
+        indent=1))
+    (out / "results.md").write_text(table + "\n" + "\n".join(lines) + "\n")
+    print(table + "\n" + "\n".join(lines))
+    learned = {name: json.loads((run_dir(out, name) / "bit_widths.json").read_text())
+               for name in args.runs if run_overrides(name)["quantization"] == "learned"}
+    if learned:
+        plot_widths_by_lambda(learned, out / "widths_by_lambda.png")
 
 
 if __name__ == "__main__":

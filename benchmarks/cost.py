@@ -1,5 +1,11 @@
-"""CPU latency per whole volume: float twin (PyTorch), QuantU-Net (PyTorch fake-quant), QuantU-Net (QCDQ on
-onnxruntime), side by side in one run.
+"""Training and inference cost of QuantU-Net against its float twin, measured side by side in one run.
+
+Training: seconds per training step (forward, BCE + Dice + λ·bits loss, backward, Adam step; batch of real
+slices at the network's input size) for the float twin, fixed 4-bit and learned widths, interleaved, median;
+reported per epoch of ``--samples-per-epoch`` slices and as a ratio to the float twin, with peak memory.
+
+Inference: latency per whole volume of the float twin (PyTorch), QuantU-Net (PyTorch fake-quant) and QuantU-Net
+(QCDQ on onnxruntime).
 
 The volume (default: the first validation case of ../shared/data/lgg_flair, 256 x 256 x N, else a synthetic
 256 x 256 x 40) is preprocessed once with ``inference_transforms(spatial_size)``; the timed part is
@@ -7,15 +13,17 @@ The volume (default: the first validation case of ../shared/data/lgg_flair, 256 
 three backends; the median is reported, as a ratio to the float twin. Peak memory: the process's peak RSS
 above its level before each backend's runs (sampled every 5 ms with psutil), in MiB.
 
-    python benchmarks/latency.py [--checkpoint model.pt] [--float-checkpoint float_model.pt] [--out latency.json]
+    python benchmarks/cost.py [--checkpoint model.pt] [--float-checkpoint float_model.pt] [--out cost.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -25,10 +33,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from machine import describe, machine_info
 
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
 from monai_quantunet.inference import predict_volume
+from monai_quantunet.losses import QuantUNetLoss
 from monai_quantunet.networks import FloatUNet, QuantUNet
+from monai_quantunet.training import make_optimizer
 from monai_quantunet.transforms import inference_transforms
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +104,37 @@ def time_backends(backends: dict[str, Callable[[], torch.Tensor]], repeats: int)
     return results
 
 
+def training_step(network: torch.nn.Module, batch: torch.Tensor, label: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """One bundle training step (QuantUNetLoss, ``make_optimizer``) on a fixed batch, as a callable."""
+    network.train()
+    loss_fn = QuantUNetLoss(network)
+    optimizer = make_optimizer(network)
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(network(batch), label)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def _print_table(title: str, unit: str, results: dict[str, dict], scale: float = 1.0) -> None:
+    print(f"\n{title}\n")
+    print(f"| model | median {unit} | x float twin | peak RSS MiB |")
+    print("|---|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['median_s'] * scale:.3f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |")
+
+
+def _add_medians(results: dict[str, dict]) -> None:
+    base = statistics.median(next(iter(results.values()))["seconds"])  # the first backend is the float twin
+    for r in results.values():
+        r["median_s"] = statistics.median(r["seconds"])
+        r["ratio_to_float"] = r["median_s"] / base
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volume", default=None, help="NIfTI volume (default: first lgg_flair validation case)")
@@ -103,6 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32, help="slices per network call (sw_batch_size)")
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1), help="torch and onnxruntime threads")
+    parser.add_argument("--train-batch", type=int, default=16, help="slices per training step")
+    parser.add_argument("--train-repeats", type=int, default=10, help="timed training steps per model")
+    parser.add_argument("--samples-per-epoch", type=int, default=640, help="slices per epoch (bundle default)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -116,6 +161,23 @@ def main(argv: list[str] | None = None) -> dict:
     for net, ckpt in ((quant_net, args.checkpoint), (float_net, args.float_checkpoint)):
         if ckpt:
             load_checkpoint(net, ckpt)
+    # training: fresh networks (each step changes the weights), a batch of the volume's slices; the step time does
+    # not depend on what the target marks, so the brightest 5% of each slice stands in for the tumor mask
+    n = args.train_batch
+    slices = volume[0, ..., :].movedim(-1, 0)  # (Z, 1, H, W)
+    batch = slices[torch.arange(n) % slices.shape[0]].contiguous()
+    label = (batch > batch.flatten(1).quantile(0.95, dim=1).view(-1, 1, 1, 1)).float()
+    trainers = {
+        "float twin": training_step(FloatUNet(1, 1, args.channels), batch, label),
+        "QuantU-Net fixed 4-bit": training_step(QuantUNet(1, 1, args.channels, quantization="fixed", bit_width=4), batch, label),
+        "QuantU-Net learned widths": training_step(QuantUNet(1, 1, args.channels), batch, label),
+    }
+    training = time_backends(trainers, args.train_repeats)
+    _add_medians(training)
+    steps_per_epoch = math.ceil(args.samples_per_epoch / n)
+    for r in training.values():
+        r["seconds_per_epoch"] = r["median_s"] * steps_per_epoch
+
     with tempfile.TemporaryDirectory() as tmp:
         qcdq_path = Path(tmp) / "model.qcdq.onnx"
         export_qcdq_model(quant_net, volume[..., 0], qcdq_path)
@@ -130,11 +192,10 @@ def main(argv: list[str] | None = None) -> dict:
         qcdq, fake = backends["QuantU-Net (onnxruntime QCDQ)"](), backends["QuantU-Net (PyTorch fake-quant)"]()
         check = {"max_abs_logit_diff": float((qcdq - fake).abs().max()), "max_abs_logit": float(fake.abs().max()),
                  "mask_agreement": float(((qcdq > 0) == (fake > 0)).float().mean())}
-    base = statistics.median(results["float twin (PyTorch)"]["seconds"])
-    for r in results.values():
-        r["median_s"] = statistics.median(r["seconds"])
-        r["ratio_to_float"] = r["median_s"] / base
+    _add_medians(results)
     report = {
+        "machine": machine_info(),
+        "command": " ".join(["python", "benchmarks/cost.py", *(argv if argv is not None else sys.argv[1:])]),
         "volume": source,
         "network_input": list(volume.shape),
         "channels": args.channels,
@@ -142,13 +203,14 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "repeats": args.repeats,
         "qcdq_vs_fake_quant": check,
-        "backends": results,
+        "training": {"batch": n, "repeats": args.train_repeats, "steps_per_epoch": steps_per_epoch, "models": training},
+        "inference": results,
     }
-    print(f"volume {source}, network input {tuple(volume.shape)}, {args.threads} threads, median of {args.repeats}\n")
-    print("| backend | median s / volume | x float twin | peak RSS MiB |")
-    print("|---|---:|---:|---:|")
-    for name, r in results.items():
-        print(f"| {name} | {r['median_s']:.3f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |")
+    print(describe(report["machine"]))
+    print(f"volume {source}, network input {tuple(volume.shape)}, channels {args.channels}, {args.threads} threads")
+    _print_table(f"Training: epoch of {args.samples_per_epoch} slices ({steps_per_epoch} steps of {n}), "
+                 f"median of {args.train_repeats} steps", "s / epoch", training, steps_per_epoch)
+    _print_table(f"Inference: whole volume, median of {args.repeats}", "s / volume", results)
     print(f"\nQCDQ vs fake-quant: max |logit diff| {check['max_abs_logit_diff']:.3g} "
           f"(max |logit| {check['max_abs_logit']:.3g}), mask agreement {check['mask_agreement']:.6f}")
     if args.out:

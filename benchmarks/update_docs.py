@@ -1,0 +1,158 @@
+"""Write the benchmark results into the README and the bundle docs (the numbers are never typed by hand).
+
+Reads a ``train_sweep.py`` output folder and a ``cost.py`` JSON, rewrites the blocks between
+``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->`` markers, and copies the figures to the
+bundle's ``docs/images``:
+
+    python benchmarks/update_docs.py --sweep runs/sweep_full --cost runs/cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from machine import describe
+from results_table import PAPER, table
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE_DOCS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs"
+README = REPO / "README.md"
+
+
+def replace_block(text: str, name: str, content: str, source: str) -> str:
+    """``text`` with the body of block ``name`` replaced by ``content``; raises if the markers are missing."""
+    pattern = re.compile(rf"(<!-- BEGIN generated: {name} [^\n]*-->\n).*?(<!-- END generated: {name} -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{source}: no '<!-- BEGIN generated: {name} ... -->' / '<!-- END generated: {name} -->' block")
+    return pattern.sub(lambda m: m[1] + content.rstrip("\n") + "\n" + m[2], text)
+
+
+def findings(results: dict, chosen: str) -> list[str]:
+    """Plain statements computed from the rows: learned vs fixed 4-bit, the chosen run vs the paper's point."""
+    out = []
+    flt, fixed4 = results.get("float"), results.get("fixed4")
+    learned = {n: s for n, s in results.items() if n.startswith("learned@")}
+    if fixed4 and learned:
+        budget = fixed4["bits"]["weight_memory_bytes"]
+        fits = {n: s for n, s in learned.items() if s["bits"]["weight_memory_bytes"] <= budget}
+        if fits:
+            best = max(fits, key=lambda n: fits[n]["dice"]["mean"])
+            b, f = fits[best], fixed4
+            verdict = "beats" if b["dice"]["mean"] > f["dice"]["mean"] else "does **not** beat"
+            out.append(
+                f"Best learned run within fixed 4-bit's weight memory: `{best}`, Dice {b['dice']['mean']:.4f} at "
+                f"{b['bits']['weight_memory_bytes'] / 1024:.1f} KiB ({b['bits']['mean_weight_bits']:.2f} mean weight bits) "
+                f"{verdict} fixed 4-bit's {f['dice']['mean']:.4f} at {f['bits']['weight_memory_bytes'] / 1024:.1f} KiB "
+                f"({100 * b['bits']['weight_memory_bytes'] / budget:.0f}% of its memory)."
+            )
+        else:
+            out.append("No learned run fits in fixed 4-bit's weight memory.")
+    if chosen in results and flt:
+        c = results[chosen]
+        drop = 100 * (c["dice"]["mean"] - flt["dice"]["mean"])
+        out.append(
+            f"`{chosen}` against the paper's point ({PAPER['mean_weight_bits']} mean bits, "
+            f"-{PAPER['dice_drop_points']} points vs float): {c['bits']['mean_weight_bits']:.2f} mean weight bits "
+            f"({c['bits']['size_weighted_weight_bits']:.2f} size-weighted), {c['bits']['mean_activation_bits']:.2f} "
+            f"activation bits, {c['bits']['compression_vs_float32']:.1f}x smaller weights, Dice {drop:+.2f} points vs "
+            f"the float run (pixel accuracy {100 * (c['accuracy']['mean'] - flt['accuracy']['mean']):+.2f} points)."
+        )
+    lam = sorted(((float(n.split("@")[1].split(":")[0]), n) for n in learned))
+    if len(lam) > 1:
+        out.append("Mean weight bits by λ: " + ", ".join(
+            f"{v:g} → {learned[n]['bits']['mean_weight_bits']:.2f} (Dice {learned[n]['dice']['mean']:.3f})" for v, n in lam) + ".")
+    return out
+
+
+def sweep_block(sweep_dir: Path, chosen: str, images: Path) -> tuple[str, str]:
+    """(bundle-docs block, README block) from a train_sweep output folder; copies its figures to ``images``."""
+    results = json.loads((sweep_dir / "results.json").read_text())
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    timing = json.loads((sweep_dir / "training_time.json").read_text())
+    rows = list(results.items())
+    wall = max(r["wall_seconds"] for r in sweep["runs"].values()) / 60
+    med = timing["median_epoch_seconds"]
+    time_lines = ["| run | median training s / epoch | x float |", "| --- | ---: | ---: |"]
+    time_lines += [f"| {n} | {t:.0f} | {t / med['float']:.2f} |" for n, t in med.items()] if "float" in med else []
+    chosen_dir = sweep_dir / re.sub(r"[@:]", "_", chosen)
+    figures = {"sweep_pareto.png": sweep_dir / "pareto.png", "sweep_widths_by_lambda.png": sweep_dir / "widths_by_lambda.png",
+               "sweep_bit_widths.png": chosen_dir / "bit_widths.png", "sweep_bit_widths_history.png": chosen_dir / "bit_widths_history.png"}
+    images.mkdir(parents=True, exist_ok=True)
+    for dst, src in figures.items():
+        shutil.copyfile(src, images / dst)
+    settings = (f"{len(rows)} runs in parallel (one process each), every run initialised from "
+                f"`{Path(sweep['init_checkpoint']).name if sweep.get('init_checkpoint') else 'random weights'}`, "
+                f"{sweep['epochs']} epochs x {sweep['samples_per_epoch']} slices (batch {sweep['batch_size']}), seed "
+                f"{sweep['seed']}, cosine learning rate; each evaluated at its best validation epoch")
+    main = "\n".join([
+        f"Machine: {describe(timing['machine'])}. {settings}; training took {wall:.0f} min of wall time.",
+        "",
+        f"```bash\n{sweep['command']}\n```",
+        "",
+        table(rows),
+        "",
+        *[f"- {line}" for line in findings(results, chosen)],
+    ])
+    docs = "\n".join([
+        main,
+        "",
+        "Training time per epoch in the same run (the runs shared the cores, so these ratios are rough; "
+        "`benchmarks/cost.py` below times one step of each model alone):",
+        "",
+        *time_lines,
+        "",
+        "![Dice vs weight memory and vs BOPs](images/sweep_pareto.png)",
+        "",
+        "Where the bits go: final widths of every learned run, and the widths of "
+        f"`{chosen}` after training and epoch by epoch:",
+        "",
+        "![final widths by lambda](images/sweep_widths_by_lambda.png)",
+        f"![final widths of {chosen}](images/sweep_bit_widths.png)",
+        f"![widths of {chosen} during training](images/sweep_bit_widths_history.png)",
+    ])
+    return docs, main
+
+
+def cost_block(cost: dict) -> str:
+    """Training-step and per-volume inference tables from a cost.py report."""
+    lines = [f"Machine: {describe(cost['machine'])}; {cost['threads']} threads; channels {cost['channels']}; "
+             f"volume {cost['volume']}; weights: {cost['weights']['quant']} (QuantU-Net), {cost['weights']['float']} (float).",
+             "", f"```bash\n{cost['command']}\n```", ""]
+    t = cost["training"]
+    lines += [f"Training, one epoch = {t['steps_per_epoch']} steps of {t['batch']} slices (median of {t['repeats']} steps):", "",
+              "| model | s / epoch | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {n} | {r['seconds_per_epoch']:.1f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |" for n, r in t["models"].items()]
+    lines += ["", f"Inference, whole volume (median of {cost['repeats']}):", "",
+              "| backend | s / volume | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {n} | {r['median_s']:.3f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |" for n, r in cost["inference"].items()]
+    q = cost["qcdq_vs_fake_quant"]
+    lines += ["", f"QCDQ vs fake-quant on that volume: max |logit| difference {q['max_abs_logit_diff']:.2g}, "
+              f"mask agreement {q['mask_agreement']:.6f}."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", required=True, help="train_sweep.py output folder")
+    parser.add_argument("--cost", required=True, help="cost.py JSON report")
+    parser.add_argument("--chosen", default="learned@0.25:init4", help="learned run whose widths are shown")
+    parser.add_argument("--readme", default=str(README), help="top-level README to update")
+    parser.add_argument("--bundle-docs", default=str(BUNDLE_DOCS), help="bundle docs folder (README.md, images/)")
+    args = parser.parse_args(argv)
+    docs_dir, readme = Path(args.bundle_docs), Path(args.readme)
+    sweep_docs, sweep_readme = sweep_block(Path(args.sweep), args.chosen, docs_dir / "images")
+    cost = cost_block(json.loads(Path(args.cost).read_text()))
+    docs_path = docs_dir / "README.md"
+    docs = replace_block(docs_path.read_text(), "sweep", sweep_docs, str(docs_path))
+    docs_path.write_text(replace_block(docs, "cost", cost, str(docs_path)))
+    readme.write_text(replace_block(readme.read_text(), "sweep", sweep_readme, str(readme)))
+    print(f"updated {docs_path} and {readme}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The benchmark scripts: helpers, and the whole sweep -> cost -> docs pipeline on generated volumes."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import results_table  # noqa: E402
+import train_sweep  # noqa: E402
+import update_docs  # noqa: E402
+
+
+def test_run_names_map_to_bundle_overrides():
+    assert train_sweep.run_overrides("float") == {"quantization": "float"}
+    assert train_sweep.run_overrides("fixed3") == {"quantization": "fixed", "bit_width": 3}
+    assert train_sweep.run_overrides("learned@0.05:size_weighted:init4") == {
+        "quantization": "learned", "lambda_bits": 0.05, "bit_reduction": "size_weighted", "bit_width": 4}
+    assert train_sweep.run_dir("out", "learned@0.5:init4") == Path("out/learned_0.5_init4")
+    with pytest.raises(ValueError, match="bad run name"):
+        train_sweep.run_overrides("fixed9")
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(10.0, 0.6), (5.0, 0.7), (5.0, 0.65), (20.0, 0.8), (30.0, 0.75)]
+    assert results_table.pareto_front(points) == [1, 3]
+
+
+def test_epoch_seconds_subtracts_validation(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(
+        "x - ignite.engine.engine.SupervisedTrainer - INFO - Epoch[1] Complete. Time taken: 00:01:10.500\n"
+        "x - ignite.engine.engine.SupervisedEvaluator - INFO - Epoch[2] Complete. Time taken: 00:00:20.000\n"
+        "x - ignite.engine.engine.SupervisedTrainer - INFO - Epoch[2] Complete. Time taken: 00:01:30.000\n"
+    )
+    assert train_sweep.epoch_seconds(log) == [70.5, 70.0]
+
+
+def test_replace_block_rewrites_only_between_markers():
+    text = "a\n<!-- BEGIN generated: x (note) -->\nold\n<!-- END generated: x -->\nb\n"
+    assert update_docs.replace_block(text, "x", "new $1 \\1", "f") == (
+        "a\n<!-- BEGIN generated: x (note) -->\nnew $1 \\1\n<!-- END generated: x -->\nb\n")
+    with pytest.raises(ValueError, match="f: no .*block"):
+        update_docs.replace_block(text, "y", "new", "f")
+
+
+def _summary(dice: float, memory: float, bits: float) -> dict:
+    return {"dice": {"mean": dice, "std": 0.1}, "accuracy": {"mean": 0.99}, "iou": {"mean": dice - 0.1},
+            "bits": {"weight_memory_bytes": memory, "mean_weight_bits": bits, "size_weighted_weight_bits": bits,
+                     "mean_activation_bits": bits, "compression_vs_float32": 32 / bits}, "cost_per_slice": {"bops": 1e9}}
+
+
+def test_findings_say_when_learned_widths_do_not_beat_fixed_4bit():
+    results = {"float": _summary(0.70, 1000.0, 32), "fixed4": _summary(0.68, 125.0, 4),
+               "learned@0.25": _summary(0.66, 100.0, 3.2), "learned@1.0": _summary(0.60, 70.0, 2.2)}
+    text = "\n".join(update_docs.findings(results, "learned@0.25"))
+    assert "`learned@0.25`, Dice 0.6600" in text and "does **not** beat fixed 4-bit's 0.6800" in text
+    assert "-4.00 points vs the float run" in text
+    results["learned@0.25"]["dice"]["mean"] = 0.69
+    assert "beats fixed 4-bit's 0.6800" in "\n".join(update_docs.findings(results, "learned@0.25"))
+
+
+def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
+    """Two short runs on generated volumes -> evaluation, table, plots; cost report; docs blocks from both."""
+    out = tmp_path / "sweep"
+    small = ["--set", "spatial_size=[32,32]", "channels=[4,8,16,32,64]"]
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_sweep.py"), "--dataset-dir", str(synthetic_dataset),
+                    "--runs", "float", "learned@0.25:init4", "--epochs", "2", "--samples-per-epoch", "32",
+                    "--batch-size", "8", "--init-checkpoint", "", "--out", str(out), *small], check=True, cwd=REPO,
+                   capture_output=True, text=True)
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["float", "learned@0.25:init4"]
+    assert results["float"]["bits"]["mean_weight_bits"] == 32
+    assert results["learned@0.25:init4"]["bits"]["mean_weight_bits"] <= 4
+    for name in ("pareto.png", "widths_by_lambda.png", "results.md", "training_time.json", "sweep.json"):
+        assert (out / name).stat().st_size > 0, name
+    image = json.loads((synthetic_dataset / "dataset.json").read_text())["validation"][0]["image"]
+    cost_json = tmp_path / "cost.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "cost.py"), "--volume", str(synthetic_dataset / image),
+                    "--channels", "4", "8", "16", "32", "64", "--spatial-size", "32", "32", "--repeats", "1",
+                    "--train-repeats", "1", "--threads", "1", "--out", str(cost_json)], check=True, cwd=REPO,
+                   capture_output=True, text=True)
+    cost = json.loads(cost_json.read_text())
+    assert set(cost["training"]["models"]) == {"float twin", "QuantU-Net fixed 4-bit", "QuantU-Net learned widths"}
+    assert cost["inference"]["float twin (PyTorch)"]["ratio_to_float"] == 1.0
+    assert cost["qcdq_vs_fake_quant"]["mask_agreement"] > 0.99
+
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs", docs)
+    readme = tmp_path / "README.md"
+    shutil.copyfile(REPO / "README.md", readme)
+    update_docs.main(["--sweep", str(out), "--cost", str(cost_json), "--readme", str(readme), "--bundle-docs", str(docs)])
+    text = (docs / "README.md").read_text()
+    dice = results["learned@0.25:init4"]["dice"]
+    assert f"| learned@0.25:init4 | {dice['mean']:.4f} ({dice['std']:.3f}) |" in text
+    assert f"| float twin | {cost['training']['models']['float twin']['seconds_per_epoch']:.1f} | 1.00 |" in text
+    assert (docs / "images" / "sweep_widths_by_lambda.png").is_file()
+    assert f"{dice['mean']:.4f}" in readme.read_text()
