@@ -7,11 +7,13 @@ reported per epoch of ``--samples-per-epoch`` slices and as a ratio to the float
 Inference: latency per whole volume of the float twin (PyTorch), QuantU-Net (PyTorch fake-quant) and QuantU-Net
 (QCDQ on onnxruntime).
 
+Peak memory: for each model, a fresh process builds it and runs it twice; its peak RSS above the RSS once built
+(sampled every 5 ms with psutil), in MiB.
+
 The volume (default: the first validation case of ../shared/data/lgg_flair, 256 x 256 x N, else a synthetic
 256 x 256 x 40) is preprocessed once with ``inference_transforms(spatial_size)``; the timed part is
 ``predict_volume`` (slice-wise network inference of the whole volume). Repeats are interleaved across the
-three backends; the median is reported, as a ratio to the float twin. Peak memory: the process's peak RSS
-above its level before each backend's runs (sampled every 5 ms with psutil), in MiB.
+three backends; the median is reported, as a ratio to the float twin.
 
     python benchmarks/cost.py [--checkpoint model.pt] [--float-checkpoint float_model.pt] [--out cost.json]
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import sys
@@ -88,19 +91,15 @@ def load_volume(path: str | None, spatial_size: tuple[int, int]) -> tuple[torch.
 
 
 def time_backends(backends: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, dict]:
-    """Warm up each backend once, then ``repeats`` interleaved timed runs; per backend seconds and peak RSS."""
-    results = {}
-    for name, fn in backends.items():
-        with PeakRSS() as mem:
-            fn()
-        results[name] = {"seconds": [], "peak_rss_mib": mem.peak_mib}
+    """Warm up each backend once, then ``repeats`` interleaved timed runs; per backend the seconds of each run."""
+    for fn in backends.values():
+        fn()
+    results = {name: {"seconds": []} for name in backends}
     for _ in range(repeats):
         for name, fn in backends.items():
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                fn()
-                results[name]["seconds"].append(time.perf_counter() - t0)
-            results[name]["peak_rss_mib"] = max(results[name]["peak_rss_mib"], mem.peak_mib)
+            t0 = time.perf_counter()
+            fn()
+            results[name]["seconds"].append(time.perf_counter() - t0)
     return results
 
 
@@ -118,6 +117,70 @@ def training_step(network: torch.nn.Module, batch: torch.Tensor, label: torch.Te
         return loss.detach()
 
     return step
+
+
+def training_builders(args: argparse.Namespace, volume: torch.Tensor) -> dict[str, Callable[[], Callable]]:
+    """Per model, a builder of its training step on a batch of ``args.train_batch`` slices of ``volume``.
+
+    Fresh networks (each step changes the weights); the step time does not depend on what the target marks, so
+    the brightest 5% of each slice stands in for the tumor mask.
+    """
+    slices = volume[0].movedim(-1, 0)  # (Z, 1, H, W)
+    batch = slices[torch.arange(args.train_batch) % slices.shape[0]].contiguous()
+    label = (batch > batch.flatten(1).quantile(0.95, dim=1).view(-1, 1, 1, 1)).float()
+    networks = {
+        "float twin": lambda: FloatUNet(1, 1, args.channels),
+        "QuantU-Net fixed 4-bit": lambda: QuantUNet(1, 1, args.channels, quantization="fixed", bit_width=4),
+        "QuantU-Net learned widths": lambda: QuantUNet(1, 1, args.channels),
+    }
+    return {name: (lambda make=make: training_step(make(), batch, label)) for name, make in networks.items()}
+
+
+def inference_builders(args: argparse.Namespace, volume: torch.Tensor, tmp: Path) -> dict[str, Callable[[], Callable]]:
+    """Per backend, a builder of its whole-volume inference (checkpoints from ``args``; QCDQ exported to ``tmp``)."""
+    from monai_quantunet.export.core import load_checkpoint
+
+    size = tuple(args.spatial_size)
+
+    def network(cls: type, checkpoint: str | None) -> torch.nn.Module:
+        net = cls(1, 1, args.channels).eval()
+        if checkpoint:
+            load_checkpoint(net, checkpoint)
+        return net
+
+    def qcdq() -> Callable:
+        path = tmp / "model.qcdq.onnx"
+        export_qcdq_model(network(QuantUNet, args.checkpoint), volume[..., 0], path)
+        return onnx_network(path, num_threads=args.threads)
+
+    def run(make: Callable[[], Callable]) -> Callable[[], torch.Tensor]:
+        net = make()
+        return lambda: predict_volume(net, volume, size, args.batch)
+
+    return {
+        "float twin (PyTorch)": lambda: run(lambda: network(FloatUNet, args.float_checkpoint)),
+        "QuantU-Net (PyTorch fake-quant)": lambda: run(lambda: network(QuantUNet, args.checkpoint)),
+        "QuantU-Net (onnxruntime QCDQ)": lambda: run(qcdq),
+    }
+
+
+def _child_peak_rss(section: str, name: str, args: argparse.Namespace) -> float:
+    torch.set_num_threads(args.threads)
+    volume, _ = load_volume(args.volume, tuple(args.spatial_size))
+    with tempfile.TemporaryDirectory() as tmp:
+        builders = training_builders(args, volume) if section == "training" else inference_builders(args, volume, Path(tmp))
+        fn = builders[name]()
+        with PeakRSS() as mem:
+            fn()
+            fn()
+    return mem.peak_mib
+
+
+def peak_rss_in_fresh_process(section: str, name: str, args: argparse.Namespace) -> float:
+    """Peak RSS (MiB) of two runs of one model in a new process, above its RSS once the model is built (a fresh
+    process, so memory freed by earlier models in this one cannot hide allocations)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_child_peak_rss, (section, name, args))
 
 
 def _print_table(title: str, unit: str, results: dict[str, dict], scale: float = 1.0) -> None:
@@ -151,47 +214,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
-    from monai_quantunet.export.core import load_checkpoint
-
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    size = tuple(args.spatial_size)
-    volume, source = load_volume(args.volume, size)
-    float_net, quant_net = FloatUNet(1, 1, args.channels).eval(), QuantUNet(1, 1, args.channels).eval()
-    for net, ckpt in ((quant_net, args.checkpoint), (float_net, args.float_checkpoint)):
-        if ckpt:
-            load_checkpoint(net, ckpt)
-    # training: fresh networks (each step changes the weights), a batch of the volume's slices; the step time does
-    # not depend on what the target marks, so the brightest 5% of each slice stands in for the tumor mask
-    n = args.train_batch
-    slices = volume[0, ..., :].movedim(-1, 0)  # (Z, 1, H, W)
-    batch = slices[torch.arange(n) % slices.shape[0]].contiguous()
-    label = (batch > batch.flatten(1).quantile(0.95, dim=1).view(-1, 1, 1, 1)).float()
-    trainers = {
-        "float twin": training_step(FloatUNet(1, 1, args.channels), batch, label),
-        "QuantU-Net fixed 4-bit": training_step(QuantUNet(1, 1, args.channels, quantization="fixed", bit_width=4), batch, label),
-        "QuantU-Net learned widths": training_step(QuantUNet(1, 1, args.channels), batch, label),
-    }
-    training = time_backends(trainers, args.train_repeats)
-    _add_medians(training)
-    steps_per_epoch = math.ceil(args.samples_per_epoch / n)
-    for r in training.values():
-        r["seconds_per_epoch"] = r["median_s"] * steps_per_epoch
-
+    volume, source = load_volume(args.volume, tuple(args.spatial_size))
     with tempfile.TemporaryDirectory() as tmp:
-        qcdq_path = Path(tmp) / "model.qcdq.onnx"
-        export_qcdq_model(quant_net, volume[..., 0], qcdq_path)
-        qcdq_net = onnx_network(qcdq_path, num_threads=args.threads)
-        backends = {
-            "float twin (PyTorch)": lambda: predict_volume(float_net, volume, size, args.batch),
-            "QuantU-Net (PyTorch fake-quant)": lambda: predict_volume(quant_net, volume, size, args.batch),
-            "QuantU-Net (onnxruntime QCDQ)": lambda: predict_volume(qcdq_net, volume, size, args.batch),
-        }
+        trainers = {name: build() for name, build in training_builders(args, volume).items()}
+        training = time_backends(trainers, args.train_repeats)
+        backends = {name: build() for name, build in inference_builders(args, volume, Path(tmp)).items()}
         results = time_backends(backends, args.repeats)
         # sanity: QCDQ logits and masks against the fake-quant model's on the whole volume
         qcdq, fake = backends["QuantU-Net (onnxruntime QCDQ)"](), backends["QuantU-Net (PyTorch fake-quant)"]()
         check = {"max_abs_logit_diff": float((qcdq - fake).abs().max()), "max_abs_logit": float(fake.abs().max()),
                  "mask_agreement": float(((qcdq > 0) == (fake > 0)).float().mean())}
+    for section, measured in (("training", training), ("inference", results)):
+        for name in measured:
+            measured[name]["peak_rss_mib"] = peak_rss_in_fresh_process(section, name, args)
+    _add_medians(training)
+    steps_per_epoch = math.ceil(args.samples_per_epoch / args.train_batch)
+    for r in training.values():
+        r["seconds_per_epoch"] = r["median_s"] * steps_per_epoch
     _add_medians(results)
     report = {
         "machine": machine_info(),
@@ -203,12 +244,12 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "repeats": args.repeats,
         "qcdq_vs_fake_quant": check,
-        "training": {"batch": n, "repeats": args.train_repeats, "steps_per_epoch": steps_per_epoch, "models": training},
+        "training": {"batch": args.train_batch, "repeats": args.train_repeats, "steps_per_epoch": steps_per_epoch, "models": training},
         "inference": results,
     }
     print(describe(report["machine"]))
     print(f"volume {source}, network input {tuple(volume.shape)}, channels {args.channels}, {args.threads} threads")
-    _print_table(f"Training: epoch of {args.samples_per_epoch} slices ({steps_per_epoch} steps of {n}), "
+    _print_table(f"Training: epoch of {args.samples_per_epoch} slices ({steps_per_epoch} steps of {args.train_batch}), "
                  f"median of {args.train_repeats} steps", "s / epoch", training, steps_per_epoch)
     _print_table(f"Inference: whole volume, median of {args.repeats}", "s / volume", results)
     print(f"\nQCDQ vs fake-quant: max |logit diff| {check['max_abs_logit_diff']:.3g} "

@@ -4,7 +4,7 @@
 
 Columns: mean per-volume Dice (std), pixel accuracy, IoU, mean weight bits (simple / size-weighted), mean
 activation bits, weight memory, compression vs float32, BOPs per slice, and the Dice change vs the float twin
-(the row named ``float``, when present). Each number is read from the files, none typed in. The plot puts Dice
+(the row named ``float``, when present: mean of the per-volume differences and its standard error). Each number is read from the files, none typed in. The plot puts Dice
 against weight memory and against BOPs, with the Pareto front and the paper's operating point as reference.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 # QuantU-Net paper (arXiv 2503.08719): 4.24 mean bits, validation accuracy 1.89 points below its float model
@@ -20,26 +21,39 @@ FLOAT_ROW = "float"
 
 
 def load(spec: str) -> tuple[str, dict]:
-    """``NAME=path/summary.json`` -> (name, the file's ``summary``)."""
+    """``NAME=path/summary.json`` -> (name, the file's ``summary`` with its per-volume ``cases`` added)."""
     name, path = spec.rsplit("=", 1)
-    return name, json.loads(Path(path).read_text())["summary"]
+    report = json.loads(Path(path).read_text())
+    return name, {**report["summary"], "cases": report["cases"]}
 
 
 def _float_dice(rows: list[tuple[str, dict]]) -> float | None:
     return next((s["dice"]["mean"] for name, s in rows if name == FLOAT_ROW), None)
 
 
+def paired_difference(summary: dict, reference: dict) -> tuple[float, float]:
+    """Mean and standard error of the per-volume Dice difference ``summary - reference`` (same volumes, by case
+    name), in Dice points (x100). Pairing removes the volume-to-volume spread that both models share."""
+    ref = {c["case"]: c["dice"] for c in reference["cases"]}
+    diffs = [100 * (c["dice"] - ref[c["case"]]) for c in summary["cases"] if c["case"] in ref]
+    if len(diffs) != len(reference["cases"]) or len(diffs) < 2:
+        raise ValueError("paired comparison needs both evaluations on the same (at least 2) volumes")
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, (var / len(diffs)) ** 0.5
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
     """Markdown table, one row per model, in the given order."""
-    ref = _float_dice(rows)
+    ref = next((s for name, s in rows if name == FLOAT_ROW), None)
     out = [
-        "| model | Dice mean (std) | Δ Dice vs float (points) | pixel accuracy | IoU | weight bits (simple / size-weighted) "
+        "| model | Dice mean (std) | Δ Dice vs float, points (paired s.e.) | pixel accuracy | IoU | weight bits (simple / size-weighted) "
         "| activation bits | weights | vs float32 | GBOPs / slice |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in rows:
         b, dice = s["bits"], s["dice"]["mean"]
-        delta = f"{100 * (dice - ref):+.2f}" if ref is not None else "n/a"
+        delta = "%+.2f (%.2f)" % paired_difference(s, ref) if ref is not None else "n/a"
         out.append(
             f"| {name} | {dice:.4f} ({s['dice']['std']:.3f}) | {delta} | {100 * s['accuracy']['mean']:.2f}% | "
             f"{s['iou']['mean']:.4f} | {b['mean_weight_bits']:.2f} / {b['size_weighted_weight_bits']:.2f} | "
@@ -59,26 +73,35 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def _short(name: str) -> str:
+    """Plot label: ``learned@0.25:init4`` -> ``λ=0.25``."""
+    return re.sub(r"^learned@([0-9.]+).*$", r"λ=\1", name)
+
+
 def pareto_png(rows: list[tuple[str, dict]], path: str) -> None:
     """Two panels: Dice vs weight memory (KiB) and Dice vs GBOPs per slice, log x; front as a line; the paper's
-    point (4.24 bits, float Dice - 1.89 points) where a float row gives its reference."""
+    point (4.24 bits, float Dice - 1.89 points) where a float row gives its reference. Runs that collapsed (Dice
+    below half the best) are listed under the plot instead of stretching the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
+    best = max(s["dice"]["mean"] for _, s in rows)
+    shown = [(n, s) for n, s in rows if s["dice"]["mean"] >= best / 2]
+    collapsed = [f"{n} (Dice {s['dice']['mean']:.3f})" for n, s in rows if s["dice"]["mean"] < best / 2]
     axes_def = [
         ("weight memory (KiB, log)", lambda s: s["bits"]["weight_memory_bytes"] / 1024),
         ("GBOPs per 128 x 128 slice (log)", lambda s: s["cost_per_slice"]["bops"] / 1e9),
     ]
     ref = _float_dice(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, (label, cost) in zip(axes, axes_def):
-        points = [(cost(s), s["dice"]["mean"]) for _, s in rows]
-        for (name, _), (x, y) in zip(rows, points):
+        points = [(cost(s), s["dice"]["mean"]) for _, s in shown]
+        for i, ((name, _), (x, y)) in enumerate(zip(shown, points)):
             ax.scatter(x, y, s=18)
-            ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(_short(name), (x, y), fontsize=7, xytext=(4, 6 - 9 * (i % 3)), textcoords="offset points")
         front = pareto_front(points)
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=0.8, label="Pareto front")
         if ref is not None:
@@ -94,7 +117,9 @@ def pareto_png(rows: list[tuple[str, dict]], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("mean per-volume Dice")
-    fig.tight_layout()
+    if collapsed:
+        fig.text(0.01, 0.01, "not shown (collapsed): " + ", ".join(collapsed), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if collapsed else 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -13,15 +13,15 @@ Run names:
                                              "mean" (paper) or "size_weighted", initial width N (default 8),
                                              clamped to the bundle's [min_bit_width, max_bit_width]
 
-Small default (3 runs, 2 short epochs; about 10 minutes on 2 CPU cores, mostly evaluation):
+Small default (``--preset small``: float, fixed 4-bit, learned λ=0.25; 2 epochs of 320 slices, bit learning rate
+0.05; about 5 minutes on 2 CPU cores):
 
     python benchmarks/train_sweep.py
 
-The full experiment of the bundle docs (11 runs x 6 epochs of 640 slices; about 75 minutes on 2 CPU cores):
+The full experiment of the bundle docs (``--preset full``: float, fixed 8/4/3/2 bits, learned λ in
+{0, 0.05, 0.1, 0.25, 0.5, 1}; 6 epochs of 640 slices; about 60 minutes on 2 CPU cores):
 
-    python benchmarks/train_sweep.py --epochs 6 --samples-per-epoch 640 --out runs/sweep_full --runs float fixed8 \
-        fixed4 fixed3 fixed2 learned@0:init4 learned@0.05:init4 learned@0.1:init4 learned@0.25:init4 \
-        learned@0.5:init4 learned@1.0:init4
+    python benchmarks/train_sweep.py --preset full --out runs/sweep_full
 
 Writes ``<out>/<run>/`` (``@`` and ``:`` become ``_``: checkpoint with the best validation Dice, bit-width
 JSON/PNGs, TensorBoard, train.log), evaluates every checkpoint on the datalist's validation split at the volumes'
@@ -49,6 +49,15 @@ from monai_quantunet.data import SHARED_LGG_FLAIR
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
+PRESETS = {
+    # minutes on 2 CPU cores; bit learning rate raised so that widths visibly move in 40 steps
+    "small": {"runs": ["float", "fixed4", "learned@0.25:init4"], "epochs": 2, "samples_per_epoch": 320,
+              "bit_learning_rate": 0.05},
+    # the experiment of the bundle docs: about 75 minutes on 2 CPU cores
+    "full": {"runs": ["float", "fixed8", "fixed4", "fixed3", "fixed2", "learned@0:init4", "learned@0.05:init4",
+                      "learned@0.1:init4", "learned@0.25:init4", "learned@0.5:init4", "learned@1.0:init4"],
+             "epochs": 6, "samples_per_epoch": 640, "bit_learning_rate": None},
+}
 CONFIGS = BUNDLE / "configs"
 TRAIN_CONFIG = CONFIGS / "train.json"
 NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size")
@@ -92,6 +101,8 @@ def _overrides(name: str, args: argparse.Namespace, epochs: int, out: Path) -> d
         "seed": args.seed,
         "init_checkpoint": str(Path(args.init_checkpoint).resolve()) if args.init_checkpoint else "",
     }
+    if args.bit_learning_rate is not None:
+        overrides["bit_learning_rate"] = args.bit_learning_rate
     for item in args.set:
         key, value = item.split("=", 1)
         overrides[key] = json.loads(value)
@@ -144,16 +155,20 @@ def _epochs_from_probe(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", default=str(SHARED_LGG_FLAIR), help="folder with dataset.json (lgg_flair layout)")
-    parser.add_argument("--runs", nargs="+", default=["float", "fixed4", "learned@0.25:init4"])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small",
+                        help="defaults for --runs, --epochs, --samples-per-epoch, --bit-learning-rate (small: minutes; "
+                        "full: the bundle docs' experiment)")
+    parser.add_argument("--runs", nargs="+")
+    parser.add_argument("--bit-learning-rate", type=float, help="bundle's bit_learning_rate (default: the bundle's)")
     parser.add_argument("--init-checkpoint", default=str(BUNDLE / "models" / "float_model.pt"),
                         help='state_dict every run starts from ("" for random initialisation)')
     parser.add_argument("--budget-minutes", type=float, default=10.0, help="wall time of the main (parallel) runs")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (0: as many as fit --budget-minutes)")
+    parser.add_argument("--epochs", type=int, help="epochs per run (0: as many as fit --budget-minutes)")
     parser.add_argument("--probe-epochs", type=int, default=1)
     parser.add_argument("--max-epochs", type=int, default=1000, help="upper bound on the epochs")
     parser.add_argument("--val-interval", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--samples-per-epoch", type=int, default=320)
+    parser.add_argument("--samples-per-epoch", type=int)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="extra bundle overrides")
@@ -161,6 +176,9 @@ def main() -> None:
     parser.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the runs in --out")
     parser.add_argument("--report-only", action="store_true", help="skip training and evaluation; redo the report")
     args = parser.parse_args()
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     for name in args.runs:
         run_overrides(name)  # validate names before starting anything
     if not (Path(args.dataset_dir) / "dataset.json").is_file():
@@ -187,6 +205,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "init_checkpoint": args.init_checkpoint,
+        "bit_learning_rate": args.bit_learning_rate,
         "runs": {},
     }
     for name in args.runs:
@@ -195,7 +214,7 @@ def main() -> None:
         summary["runs"][name] = {
             "overrides": run_overrides(name),
             "wall_seconds": walls[name],
-            "best_val_dice": max((h.get("val_dice", float("nan")) for h in history), default=float("nan")),
+            "best_val_dice": max((h["val_dice"] for h in history if "val_dice" in h), default=float("nan")),
             "final": {k: v for k, v in (history[-1] if history else {}).items() if k != "layers"},
         }
         print(f"{name:<34} epochs {epochs:>4}  wall {walls[name]:6.0f} s  best val Dice "

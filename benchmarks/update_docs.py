@@ -1,10 +1,11 @@
 """Write the benchmark results into the README and the bundle docs (the numbers are never typed by hand).
 
-Reads a ``train_sweep.py`` output folder and a ``cost.py`` JSON, rewrites the blocks between
-``<!-- BEGIN generated: NAME -->`` and ``<!-- END generated: NAME -->`` markers, and copies the figures to the
-bundle's ``docs/images``:
+Reads a ``train_sweep.py`` output folder, a ``cost.py`` JSON and the evaluations of the shipped models, rewrites
+the blocks between ``<!-- BEGIN generated: NAME ... -->`` and ``<!-- END generated: NAME -->`` markers, and copies
+the figures to the bundle's ``docs/images``:
 
-    python benchmarks/update_docs.py --sweep runs/sweep_full --cost runs/cost.json
+    python benchmarks/update_docs.py --sweep runs/sweep_full --cost runs/cost.json \
+        --shipped float=runs/ship/eval_float/summary.json "fixed4=..." "shipped model=..."
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from machine import describe
-from results_table import PAPER, table
+from results_table import PAPER, load, paired_difference, table
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_DOCS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs"
@@ -32,37 +33,44 @@ def replace_block(text: str, name: str, content: str, source: str) -> str:
     return pattern.sub(lambda m: m[1] + content.rstrip("\n") + "\n" + m[2], text)
 
 
+SAME_SIZE_TOLERANCE = 0.02  # "same size": weight memory within 2% of the baseline's
+
+
 def findings(results: dict, chosen: str) -> list[str]:
-    """Plain statements computed from the rows: learned vs fixed 4-bit, the chosen run vs the paper's point."""
+    """Plain statements computed from the rows: the best learned run at each fixed baseline's weight memory,
+    the chosen run against the paper's point, bits by λ."""
     out = []
-    flt, fixed4 = results.get("float"), results.get("fixed4")
+    flt = results.get("float")
     learned = {n: s for n, s in results.items() if n.startswith("learned@")}
-    if fixed4 and learned:
-        budget = fixed4["bits"]["weight_memory_bytes"]
+    fixed = {n: s for n, s in results.items() if re.fullmatch(r"fixed\d", n)}
+    for name, f in sorted(fixed.items(), key=lambda item: -item[1]["bits"]["weight_memory_bytes"]):
+        budget = f["bits"]["weight_memory_bytes"] * (1 + SAME_SIZE_TOLERANCE)
         fits = {n: s for n, s in learned.items() if s["bits"]["weight_memory_bytes"] <= budget}
-        if fits:
-            best = max(fits, key=lambda n: fits[n]["dice"]["mean"])
-            b, f = fits[best], fixed4
-            verdict = "beats" if b["dice"]["mean"] > f["dice"]["mean"] else "does **not** beat"
-            out.append(
-                f"Best learned run within fixed 4-bit's weight memory: `{best}`, Dice {b['dice']['mean']:.4f} at "
-                f"{b['bits']['weight_memory_bytes'] / 1024:.1f} KiB ({b['bits']['mean_weight_bits']:.2f} mean weight bits) "
-                f"{verdict} fixed 4-bit's {f['dice']['mean']:.4f} at {f['bits']['weight_memory_bytes'] / 1024:.1f} KiB "
-                f"({100 * b['bits']['weight_memory_bytes'] / budget:.0f}% of its memory)."
-            )
-        else:
-            out.append("No learned run fits in fixed 4-bit's weight memory.")
+        if not fits:
+            continue
+        best = max(fits, key=lambda n: fits[n]["dice"]["mean"])
+        b = fits[best]
+        gain = b["dice"]["mean"] - f["dice"]["mean"]
+        verdict = "beats" if gain > 0 else ("ties with" if gain == 0 else "does **not** beat")
+        diff, diff_se = paired_difference(b, f)
+        out.append(
+            f"Best learned run at {name}'s weight memory or less: `{best}`, Dice {b['dice']['mean']:.4f} at "
+            f"{b['bits']['weight_memory_bytes'] / 1024:.1f} KiB ({b['bits']['mean_weight_bits']:.2f} mean weight bits), "
+            f"{verdict} {name}'s {f['dice']['mean']:.4f} at {f['bits']['weight_memory_bytes'] / 1024:.1f} KiB "
+            f"({100 * b['bits']['weight_memory_bytes'] / f['bits']['weight_memory_bytes']:.0f}% of its memory; "
+            f"per-volume difference {diff:+.2f} ± {diff_se:.2f} points, mean ± s.e.)."
+        )
     if chosen in results and flt:
         c = results[chosen]
-        drop = 100 * (c["dice"]["mean"] - flt["dice"]["mean"])
+        drop, drop_se = paired_difference(c, flt)
         out.append(
             f"`{chosen}` against the paper's point ({PAPER['mean_weight_bits']} mean bits, "
             f"-{PAPER['dice_drop_points']} points vs float): {c['bits']['mean_weight_bits']:.2f} mean weight bits "
             f"({c['bits']['size_weighted_weight_bits']:.2f} size-weighted), {c['bits']['mean_activation_bits']:.2f} "
-            f"activation bits, {c['bits']['compression_vs_float32']:.1f}x smaller weights, Dice {drop:+.2f} points vs "
-            f"the float run (pixel accuracy {100 * (c['accuracy']['mean'] - flt['accuracy']['mean']):+.2f} points)."
+            f"activation bits, {c['bits']['compression_vs_float32']:.1f}x smaller weights, Dice {drop:+.2f} ± {drop_se:.2f} "
+            f"points vs the float run (pixel accuracy {100 * (c['accuracy']['mean'] - flt['accuracy']['mean']):+.2f} points)."
         )
-    lam = sorted(((float(n.split("@")[1].split(":")[0]), n) for n in learned))
+    lam = sorted((float(n.split("@")[1].split(":")[0]), n) for n in learned)
     if len(lam) > 1:
         out.append("Mean weight bits by λ: " + ", ".join(
             f"{v:g} → {learned[n]['bits']['mean_weight_bits']:.2f} (Dice {learned[n]['dice']['mean']:.3f})" for v, n in lam) + ".")
@@ -140,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", required=True, help="train_sweep.py output folder")
     parser.add_argument("--cost", required=True, help="cost.py JSON report")
+    parser.add_argument("--shipped", nargs="+", required=True, metavar="NAME=SUMMARY_JSON",
+                        help="evaluations of the shipped models (bundle evaluate.json's summary.json), in table order")
     parser.add_argument("--chosen", default="learned@0.25:init4", help="learned run whose widths are shown")
     parser.add_argument("--readme", default=str(README), help="top-level README to update")
     parser.add_argument("--bundle-docs", default=str(BUNDLE_DOCS), help="bundle docs folder (README.md, images/)")
@@ -147,10 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     docs_dir, readme = Path(args.bundle_docs), Path(args.readme)
     sweep_docs, sweep_readme = sweep_block(Path(args.sweep), args.chosen, docs_dir / "images")
     cost = cost_block(json.loads(Path(args.cost).read_text()))
+    shipped = table([load(spec) for spec in args.shipped])
     docs_path = docs_dir / "README.md"
-    docs = replace_block(docs_path.read_text(), "sweep", sweep_docs, str(docs_path))
-    docs_path.write_text(replace_block(docs, "cost", cost, str(docs_path)))
-    readme.write_text(replace_block(readme.read_text(), "sweep", sweep_readme, str(readme)))
+    docs = docs_path.read_text()
+    for name, content in (("shipped", shipped), ("sweep", sweep_docs), ("cost", cost)):
+        docs = replace_block(docs, name, content, str(docs_path))
+    docs_path.write_text(docs)
+    text = readme.read_text()
+    for name, content in (("shipped", shipped), ("sweep", sweep_readme)):
+        text = replace_block(text, name, content, str(readme))
+    readme.write_text(text)
     print(f"updated {docs_path} and {readme}", file=sys.stderr)
 
 

@@ -26,6 +26,15 @@ def test_run_names_map_to_bundle_overrides():
         train_sweep.run_overrides("fixed9")
 
 
+def test_paired_difference_matches_volumes_by_case():
+    a = {"cases": [{"case": "x", "dice": 0.5}, {"case": "y", "dice": 0.9}]}
+    b = {"cases": [{"case": "y", "dice": 0.8}, {"case": "x", "dice": 0.3}]}
+    mean, se = results_table.paired_difference(a, b)
+    assert mean == pytest.approx(15.0) and se == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="same"):
+        results_table.paired_difference({"cases": a["cases"][:1]}, b)
+
+
 def test_pareto_front_keeps_only_undominated_points():
     points = [(10.0, 0.6), (5.0, 0.7), (5.0, 0.65), (20.0, 0.8), (30.0, 0.75)]
     assert results_table.pareto_front(points) == [1, 3]
@@ -50,19 +59,22 @@ def test_replace_block_rewrites_only_between_markers():
 
 
 def _summary(dice: float, memory: float, bits: float) -> dict:
-    return {"dice": {"mean": dice, "std": 0.1}, "accuracy": {"mean": 0.99}, "iou": {"mean": dice - 0.1},
+    cases = [{"case": "a", "dice": dice - 0.05}, {"case": "b", "dice": dice + 0.05}]
+    return {"cases": cases, "dice": {"mean": dice, "std": 0.1}, "accuracy": {"mean": 0.99}, "iou": {"mean": dice - 0.1},
             "bits": {"weight_memory_bytes": memory, "mean_weight_bits": bits, "size_weighted_weight_bits": bits,
                      "mean_activation_bits": bits, "compression_vs_float32": 32 / bits}, "cost_per_slice": {"bops": 1e9}}
 
 
-def test_findings_say_when_learned_widths_do_not_beat_fixed_4bit():
-    results = {"float": _summary(0.70, 1000.0, 32), "fixed4": _summary(0.68, 125.0, 4),
-               "learned@0.25": _summary(0.66, 100.0, 3.2), "learned@1.0": _summary(0.60, 70.0, 2.2)}
+def test_findings_compare_learned_runs_with_fixed_baselines_of_the_same_size():
+    results = {"float": _summary(0.70, 1000.0, 32), "fixed4": _summary(0.68, 125.0, 4), "fixed3": _summary(0.60, 94.0, 3),
+               "learned@0.25": _summary(0.66, 100.0, 3.2), "learned@1.0": _summary(0.64, 95.0, 3.02)}
     text = "\n".join(update_docs.findings(results, "learned@0.25"))
-    assert "`learned@0.25`, Dice 0.6600" in text and "does **not** beat fixed 4-bit's 0.6800" in text
-    assert "-4.00 points vs the float run" in text
+    assert "`learned@0.25`, Dice 0.6600 at 0.1 KiB (3.20 mean weight bits), does **not** beat fixed4's 0.6800" in text
+    # 95 bytes is within 2% of fixed3's 94: the same size
+    assert "fixed3's weight memory or less: `learned@1.0`, Dice 0.6400" in text and "beats fixed3's 0.6000" in text
+    assert "Dice -4.00 ± 0.00 points vs the float run" in text
     results["learned@0.25"]["dice"]["mean"] = 0.69
-    assert "beats fixed 4-bit's 0.6800" in "\n".join(update_docs.findings(results, "learned@0.25"))
+    assert "beats fixed4's 0.6800" in "\n".join(update_docs.findings(results, "learned@0.25"))
 
 
 def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
@@ -94,8 +106,11 @@ def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
     shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs", docs)
     readme = tmp_path / "README.md"
     shutil.copyfile(REPO / "README.md", readme)
-    update_docs.main(["--sweep", str(out), "--cost", str(cost_json), "--readme", str(readme), "--bundle-docs", str(docs)])
+    update_docs.main(["--sweep", str(out), "--cost", str(cost_json), "--readme", str(readme), "--bundle-docs", str(docs),
+                      "--shipped", f"float={out / 'float' / 'eval' / 'summary.json'}",
+                      f"my model={out / 'learned_0.25_init4' / 'eval' / 'summary.json'}"])
     text = (docs / "README.md").read_text()
+    assert text.count("| my model |") == 1 and readme.read_text().count("| my model |") == 1
     dice = results["learned@0.25:init4"]["dice"]
     assert f"| learned@0.25:init4 | {dice['mean']:.4f} ({dice['std']:.3f}) |" in text
     assert f"| float twin | {cost['training']['models']['float twin']['seconds_per_epoch']:.1f} | 1.00 |" in text
