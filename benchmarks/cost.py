@@ -38,16 +38,13 @@ import psutil
 import torch
 from machine import describe, machine_info
 
+from monai_quantunet.data import SHARED_LGG_FLAIR
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
 from monai_quantunet.inference import predict_volume
 from monai_quantunet.losses import QuantUNetLoss
 from monai_quantunet.networks import FloatUNet, QuantUNet
 from monai_quantunet.training import make_optimizer
 from monai_quantunet.transforms import inference_transforms
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "lgg_flair"
-
 
 class PeakRSS:
     """Context manager sampling this process's RSS in a thread; ``peak_mib``: peak above the starting RSS."""
@@ -79,9 +76,9 @@ class PeakRSS:
 
 def load_volume(path: str | None, spatial_size: tuple[int, int]) -> tuple[torch.Tensor, str]:
     """Preprocessed ``(1, 1, H, W, Z)`` volume and a description of where it came from."""
-    if path is None and (DEFAULT_DATA / "dataset.json").is_file():
-        case = json.loads((DEFAULT_DATA / "dataset.json").read_text())["validation"][0]["image"]
-        path = str(DEFAULT_DATA / case)
+    if path is None and (SHARED_LGG_FLAIR / "dataset.json").is_file():
+        case = json.loads((SHARED_LGG_FLAIR / "dataset.json").read_text())["validation"][0]["image"]
+        path = str(SHARED_LGG_FLAIR / case)
     if path is None:
         rng = np.random.default_rng(0)
         volume = torch.from_numpy(rng.random((1, *spatial_size, 40), dtype=np.float32))
@@ -183,12 +180,21 @@ def peak_rss_in_fresh_process(section: str, name: str, args: argparse.Namespace)
         return pool.apply(_child_peak_rss, (section, name, args))
 
 
-def _print_table(title: str, unit: str, results: dict[str, dict], scale: float = 1.0) -> None:
-    print(f"\n{title}\n")
-    print(f"| model | median {unit} | x float twin | peak RSS MiB |")
-    print("|---|---:|---:|---:|")
-    for name, r in results.items():
-        print(f"| {name} | {r['median_s'] * scale:.3f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |")
+def markdown_tables(report: dict) -> str:
+    """The training and inference tables of a cost report (as :func:`main` returns it), in Markdown."""
+    t = report["training"]
+    lines = [f"Training, one epoch = {t['steps_per_epoch']} steps of {t['batch']} slices (median of {t['repeats']} steps):",
+             "", "| model | s / epoch | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {n} | {r['seconds_per_epoch']:.1f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |"
+              for n, r in t["models"].items()]
+    lines += ["", f"Inference, whole volume (median of {report['repeats']}):", "",
+              "| backend | s / volume | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {n} | {r['median_s']:.3f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |"
+              for n, r in report["inference"].items()]
+    q = report["qcdq_vs_fake_quant"]
+    lines += ["", f"QCDQ vs fake-quant on that volume: max |logit| difference {q['max_abs_logit_diff']:.2g} "
+              f"(max |logit| {q['max_abs_logit']:.3g}), mask agreement {q['mask_agreement']:.6f}."]
+    return "\n".join(lines)
 
 
 def _add_medians(results: dict[str, dict]) -> None:
@@ -248,12 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
         "inference": results,
     }
     print(describe(report["machine"]))
-    print(f"volume {source}, network input {tuple(volume.shape)}, channels {args.channels}, {args.threads} threads")
-    _print_table(f"Training: epoch of {args.samples_per_epoch} slices ({steps_per_epoch} steps of {args.train_batch}), "
-                 f"median of {args.train_repeats} steps", "s / epoch", training, steps_per_epoch)
-    _print_table(f"Inference: whole volume, median of {args.repeats}", "s / volume", results)
-    print(f"\nQCDQ vs fake-quant: max |logit diff| {check['max_abs_logit_diff']:.3g} "
-          f"(max |logit| {check['max_abs_logit']:.3g}), mask agreement {check['mask_agreement']:.6f}")
+    print(f"volume {source}, network input {tuple(volume.shape)}, channels {args.channels}, {args.threads} threads\n")
+    print(markdown_tables(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     return report

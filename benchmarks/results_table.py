@@ -27,8 +27,8 @@ def load(spec: str) -> tuple[str, dict]:
     return name, {**report["summary"], "cases": report["cases"]}
 
 
-def _float_dice(rows: list[tuple[str, dict]]) -> float | None:
-    return next((s["dice"]["mean"] for name, s in rows if name == FLOAT_ROW), None)
+def _float_row(rows: list[tuple[str, dict]]) -> dict | None:
+    return next((s for name, s in rows if name == FLOAT_ROW), None)
 
 
 def paired_difference(summary: dict, reference: dict) -> tuple[float, float]:
@@ -45,7 +45,7 @@ def paired_difference(summary: dict, reference: dict) -> tuple[float, float]:
 
 def table(rows: list[tuple[str, dict]]) -> str:
     """Markdown table, one row per model, in the given order."""
-    ref = next((s for name, s in rows if name == FLOAT_ROW), None)
+    ref = _float_row(rows)
     out = [
         "| model | Dice mean (std) | Δ Dice vs float, points (paired s.e.) | pixel accuracy | IoU | weight bits (simple / size-weighted) "
         "| activation bits | weights | vs float32 | GBOPs / slice |",
@@ -95,7 +95,8 @@ def pareto_png(rows: list[tuple[str, dict]], path: str) -> None:
         ("weight memory (KiB, log)", lambda s: s["bits"]["weight_memory_bytes"] / 1024),
         ("GBOPs per 128 x 128 slice (log)", lambda s: s["cost_per_slice"]["bops"] / 1e9),
     ]
-    ref = _float_dice(rows)
+    float_row = _float_row(rows)
+    ref = float_row["dice"]["mean"] if float_row else None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, (label, cost) in zip(axes, axes_def):
         points = [(cost(s), s["dice"]["mean"]) for _, s in shown]
@@ -133,7 +134,7 @@ def main() -> None:
     rows = [load(spec) for spec in args.runs]
     print(table(rows))
     if args.out:
-        Path(args.out).write_text(json.dumps({name: s for name, s in rows}, indent=1))
+        Path(args.out).write_text(json.dumps(dict(rows), indent=1))
     if args.png:
         pareto_png(rows, args.png)
 

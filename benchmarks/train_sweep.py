@@ -19,7 +19,7 @@ Small default (``--preset small``: float, fixed 4-bit, learned λ=0.25; 2 epochs
     python benchmarks/train_sweep.py
 
 The full experiment of the bundle docs (``--preset full``: float, fixed 8/4/3/2 bits, learned λ in
-{0, 0.05, 0.1, 0.25, 0.5, 1}; 6 epochs of 640 slices; about 60 minutes on 2 CPU cores):
+{0, 0.05, 0.1, 0.25, 0.5, 1}; 6 epochs of 640 slices; about an hour on 2 CPU cores):
 
     python benchmarks/train_sweep.py --preset full --out runs/sweep_full
 
@@ -38,28 +38,30 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from machine import machine_info
+from results_table import load, pareto_png, table
 
 from monai_quantunet.data import SHARED_LGG_FLAIR
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
+CONFIGS = BUNDLE / "configs"
+TRAIN_CONFIG = CONFIGS / "train.json"
 PRESETS = {
     # minutes on 2 CPU cores; bit learning rate raised so that widths visibly move in 40 steps
     "small": {"runs": ["float", "fixed4", "learned@0.25:init4"], "epochs": 2, "samples_per_epoch": 320,
               "bit_learning_rate": 0.05},
-    # the experiment of the bundle docs: about 75 minutes on 2 CPU cores
+    # the experiment of the bundle docs: about an hour on 2 CPU cores
     "full": {"runs": ["float", "fixed8", "fixed4", "fixed3", "fixed2", "learned@0:init4", "learned@0.05:init4",
                       "learned@0.1:init4", "learned@0.25:init4", "learned@0.5:init4", "learned@1.0:init4"],
              "epochs": 6, "samples_per_epoch": 640, "bit_learning_rate": None},
 }
-CONFIGS = BUNDLE / "configs"
-TRAIN_CONFIG = CONFIGS / "train.json"
 NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size")
 _RUN_RE = re.compile(r"^(float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted))?(?::init(?P<init>[2-8]))?)$")
 
@@ -116,28 +118,35 @@ def _command(run_id: str | None, config_file: str, overrides: dict) -> list[str]
     return cmd
 
 
-def _launch(name: str, args: argparse.Namespace, epochs: int, log_name: str) -> tuple[subprocess.Popen, Path]:
-    out = run_dir(args.out, name).resolve()
+def _launch(name: str, args: argparse.Namespace, epochs: int, log: Path) -> subprocess.Popen:
+    out = log.parent
     out.mkdir(parents=True, exist_ok=True)
     cmd = _command("training", str(TRAIN_CONFIG), _overrides(name, args, epochs, out))
-    log = out / log_name
     # one process per run: split the cores between them (oversubscribed OpenMP threads slow CPU training ~10x)
     threads = str(max(1, (os.cpu_count() or 1) // len(args.runs)))
     env = {"OMP_NUM_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    return proc, log
+    with open(log, "w") as stream:
+        return subprocess.Popen(cmd, stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
 def _run_all(args: argparse.Namespace, epochs: int, log_name: str) -> dict[str, float]:
-    """Run every configuration in parallel; return wall seconds per run; raise if one fails."""
+    """Run every configuration in parallel; return each run's wall seconds; raise if one fails."""
     start = time.time()
-    procs = {name: _launch(name, args, epochs, log_name) for name in args.runs}
+    logs = {name: run_dir(args.out, name).resolve() / log_name for name in args.runs}
+    running = {name: _launch(name, args, epochs, log) for name, log in logs.items()}
     walls = {}
-    for name, (proc, log) in procs.items():
-        if proc.wait() != 0:
-            raise RuntimeError(f"run {name} failed, see {log}:\n" + "".join(open(log).readlines()[-20:]))
-        walls[name] = time.time() - start
-    return walls
+    while running:
+        for name, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode != 0:
+                for other in running.values():
+                    other.terminate()
+                raise RuntimeError(f"run {name} failed, see {logs[name]}:\n" + "".join(logs[name].read_text().splitlines(True)[-20:]))
+            walls[name] = time.time() - start
+        time.sleep(1)
+    return {name: walls[name] for name in args.runs}
 
 
 def _epochs_from_probe(args: argparse.Namespace) -> int:
@@ -275,27 +284,31 @@ def plot_widths_by_lambda(histories: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def training_time_table(median_epoch_seconds: dict[str, float]) -> str:
+    """Markdown table of median training seconds per epoch, as a ratio to the ``float`` run when present."""
+    base = median_epoch_seconds.get("float")
+    lines = ["| run | median training s / epoch | x float |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {t:.0f} | {t / base:.2f} |" if base else f"| {name} | {t:.0f} | n/a |"
+              for name, t in median_epoch_seconds.items()]
+    return "\n".join(lines)
+
+
 def report(args: argparse.Namespace) -> None:
-    """From the runs in ``--out``: results table and Pareto plot (``results_table.py``), training time per epoch
+    """From the runs in ``--out``: results table and Pareto plot (``results_table``), training time per epoch
     against the float run, widths-by-λ heatmap; writes results.md, results.json, pareto.png, training_time.json,
     widths_by_lambda.png."""
     out = Path(args.out)
-    specs = [f"{name}={run_dir(out, name) / 'eval' / 'summary.json'}" for name in args.runs]
-    table = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "results_table.py"), *specs, "--out", str(out / "results.json"),
-         "--png", str(out / "pareto.png")], capture_output=True, text=True, check=True,
-    ).stdout
+    rows = [load(f"{name}={run_dir(out, name) / 'eval' / 'summary.json'}") for name in args.runs]
+    (out / "results.json").write_text(json.dumps(dict(rows), indent=1))
+    pareto_png(rows, str(out / "pareto.png"))
     times = {name: epoch_seconds(run_dir(out, name) / "train.log") for name in args.runs}
-    median = {name: sorted(t)[len(t) // 2] for name, t in times.items() if t}
-    base = median.get("float")
-    lines = ["| run | epochs | median training s / epoch | x float |", "| --- | ---: | ---: | ---: |"]
-    for name, t in median.items():
-        lines.append(f"| {name} | {len(times[name])} | {t:.0f} | {t / base:.2f} |" if base else f"| {name} | {len(times[name])} | {t:.0f} | n/a |")
+    median = {name: statistics.median(t) for name, t in times.items() if t}
     (out / "training_time.json").write_text(json.dumps(
         {"machine": machine_info(), "runs_in_parallel": len(args.runs), "epoch_seconds": times, "median_epoch_seconds": median},
         indent=1))
-    (out / "results.md").write_text(table + "\n" + "\n".join(lines) + "\n")
-    print(table + "\n" + "\n".join(lines))
+    text = table(rows) + "\n\n" + training_time_table(median) + "\n"
+    (out / "results.md").write_text(text)
+    print(text)
     learned = {name: json.loads((run_dir(out, name) / "bit_widths.json").read_text())
                for name in args.runs if run_overrides(name)["quantization"] == "learned"}
     if learned:

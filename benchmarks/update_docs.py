@@ -17,8 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from cost import markdown_tables
 from machine import describe
 from results_table import PAPER, load, paired_difference, table
+from train_sweep import run_dir, training_time_table
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_DOCS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs"
@@ -84,10 +86,7 @@ def sweep_block(sweep_dir: Path, chosen: str, images: Path) -> tuple[str, str]:
     timing = json.loads((sweep_dir / "training_time.json").read_text())
     rows = list(results.items())
     wall = max(r["wall_seconds"] for r in sweep["runs"].values()) / 60
-    med = timing["median_epoch_seconds"]
-    time_lines = ["| run | median training s / epoch | x float |", "| --- | ---: | ---: |"]
-    time_lines += [f"| {n} | {t:.0f} | {t / med['float']:.2f} |" for n, t in med.items()] if "float" in med else []
-    chosen_dir = sweep_dir / re.sub(r"[@:]", "_", chosen)
+    chosen_dir = run_dir(sweep_dir, chosen)
     figures = {"sweep_pareto.png": sweep_dir / "pareto.png", "sweep_widths_by_lambda.png": sweep_dir / "widths_by_lambda.png",
                "sweep_bit_widths.png": chosen_dir / "bit_widths.png", "sweep_bit_widths_history.png": chosen_dir / "bit_widths_history.png"}
     images.mkdir(parents=True, exist_ok=True)
@@ -112,7 +111,7 @@ def sweep_block(sweep_dir: Path, chosen: str, images: Path) -> tuple[str, str]:
         "Training time per epoch in the same run (the runs shared the cores, so these ratios are rough; "
         "`benchmarks/cost.py` below times one step of each model alone):",
         "",
-        *time_lines,
+        training_time_table(timing["median_epoch_seconds"]),
         "",
         "![Dice vs weight memory and vs BOPs](images/sweep_pareto.png)",
         "",
@@ -127,21 +126,10 @@ def sweep_block(sweep_dir: Path, chosen: str, images: Path) -> tuple[str, str]:
 
 
 def cost_block(cost: dict) -> str:
-    """Training-step and per-volume inference tables from a cost.py report."""
-    lines = [f"Machine: {describe(cost['machine'])}; {cost['threads']} threads; channels {cost['channels']}; "
-             f"volume {cost['volume']}; weights: {cost['weights']['quant']} (QuantU-Net), {cost['weights']['float']} (float).",
-             "", f"```bash\n{cost['command']}\n```", ""]
-    t = cost["training"]
-    lines += [f"Training, one epoch = {t['steps_per_epoch']} steps of {t['batch']} slices (median of {t['repeats']} steps):", "",
-              "| model | s / epoch | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {n} | {r['seconds_per_epoch']:.1f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |" for n, r in t["models"].items()]
-    lines += ["", f"Inference, whole volume (median of {cost['repeats']}):", "",
-              "| backend | s / volume | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {n} | {r['median_s']:.3f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |" for n, r in cost["inference"].items()]
-    q = cost["qcdq_vs_fake_quant"]
-    lines += ["", f"QCDQ vs fake-quant on that volume: max |logit| difference {q['max_abs_logit_diff']:.2g}, "
-              f"mask agreement {q['mask_agreement']:.6f}."]
-    return "\n".join(lines)
+    """Machine, command and the tables of a cost.py report."""
+    header = (f"Machine: {describe(cost['machine'])}; {cost['threads']} threads; channels {cost['channels']}; "
+              f"volume {cost['volume']}; weights: {cost['weights']['quant']} (QuantU-Net), {cost['weights']['float']} (float).")
+    return "\n".join([header, "", f"```bash\n{cost['command']}\n```", "", markdown_tables(cost)])
 
 
 def main(argv: list[str] | None = None) -> None:
