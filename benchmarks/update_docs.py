@@ -95,7 +95,8 @@ def sweep_block(sweep_dir: Path, chosen: str, images: Path) -> tuple[str, str]:
     settings = (f"{len(rows)} runs in parallel (one process each), every run initialised from "
                 f"`{Path(sweep['init_checkpoint']).name if sweep.get('init_checkpoint') else 'random weights'}`, "
                 f"{sweep['epochs']} epochs x {sweep['samples_per_epoch']} slices (batch {sweep['batch_size']}), seed "
-                f"{sweep['seed']}, cosine learning rate; each evaluated at its best validation epoch")
+                f"{sweep['seed']}, cosine learning rate, bit learning rate {sweep.get('bit_learning_rate') or 'as in train.json'}; "
+                "each evaluated at its best validation epoch")
     main = "\n".join([
         f"Machine: {describe(timing['machine'])}. {settings}; training took {wall:.0f} min of wall time.",
         "",
