@@ -1,5 +1,5 @@
 """Pieces the MONAI Label app (``slicer_app/``) wires: network from the bundle config, safe checkpoint
-loading, input-file checks, least-confidence scoring, and a plain validation-Dice loop.
+loading, atomic file copies, least-confidence scoring, and a plain validation-Dice loop.
 
 Kept here (not in the app) so they are tested as library code and reused by scripts.
 """
@@ -18,22 +18,15 @@ import torch.nn as nn
 from monai_quantunet.bundle import find_bundle_root
 
 __all__ = [
-    "InputError",
     "bundle_settings",
     "network_from_bundle",
     "load_checkpoint_or_warn",
     "atomic_copy",
-    "check_image_file",
-    "check_label_file",
     "least_confidence_score",
     "mean_dice",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """A user-supplied file or parameter is unusable (the server answers 4xx with this message)."""
 
 
 def _parser(bundle_root: str | Path | None = None):
@@ -101,48 +94,11 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
         tmp_path = tmp.name
     try:
         shutil.copyfile(src, tmp_path)
+        os.chmod(tmp_path, 0o644)  # a temporary file is private (0600); the result is an ordinary file
         os.replace(tmp_path, dst)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
-
-
-def _read_header(path: str | Path, what: str):
-    import SimpleITK as sitk
-
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        raise InputError(f"{what}: file is missing or empty")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise InputError(f"{what}: not a readable image file ({path.name}): {str(e).strip().splitlines()[-1][:200]}") from e
-    size = list(reader.GetSize())
-    if reader.GetNumberOfComponents() != 1:
-        raise InputError(f"{what}: expected a single-channel (grayscale) volume, got {reader.GetNumberOfComponents()} components")
-    while len(size) > 3 and size[-1] == 1:
-        size.pop()
-    return size
-
-
-def check_image_file(path: str | Path, what: str = "image") -> tuple[int, int, int]:
-    """Raise :class:`InputError` unless ``path`` is a readable single-channel 3D image; return its size (IJK)."""
-    size = _read_header(path, what)
-    if len(size) != 3 or min(size) < 1:
-        raise InputError(f"{what}: expected a 3D volume, got a {len(size)}D image of size {size} (2D images are not supported)")
-    if min(size[:2]) < 2:
-        raise InputError(f"{what}: volume of size {size} is too small")
-    return tuple(int(s) for s in size)
-
-
-def check_label_file(path: str | Path, image_size: tuple[int, ...], what: str = "label") -> tuple[int, int, int]:
-    """Raise :class:`InputError` unless ``path`` is a readable 3D label of the same size (IJK) as the image."""
-    size = _read_header(path, what)
-    if tuple(size) != tuple(image_size):
-        raise InputError(f"{what}: size {list(size)} differs from the image size {list(image_size)}")
-    return tuple(int(s) for s in size)
 
 
 def least_confidence_score(logits: torch.Tensor, region_threshold: float = 0.25) -> float:

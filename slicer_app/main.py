@@ -21,33 +21,50 @@ Start (offline, CPU)::
 * ``freeze_bit_widths``: ``true`` keeps the per-layer bit widths fixed during fine-tuning.
 * ``preload``: ``true`` (default) builds the networks at start-up.
 * ``lc_max_samples``: how many unlabeled volumes the least-confidence strategy scores per request (default 16).
+* ``max_voxels`` / ``max_upload_bytes`` / ``max_clicks``: size limits (defaults 16777216 voxels = 256^3,
+  134217728 bytes, 256 clicks per request), answered with 413 before the work is done.
+* ``learning_rate`` / ``bit_learning_rate``: fine-tuning learning rates (defaults in ``lib/configs/common.py``).
+
+Requests are checked by the app (``lib/validation.py``, ``lib/guards.py``, ``lib/datastore.py``): bad names,
+files and parameters answer 4xx with a message, nothing outside the studies folder is read or written, and final
+labels are written only by label uploads.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Dict
 
 import lib.configs
-from fastapi import HTTPException
+from lib import guards
 from lib.activelearning import LeastConfidence
-from lib.datastore import ValidatingDatastore
+from lib.datastore import StudiesDatastore
+from lib.validation import (
+    Limits,
+    RequestError,
+    check_device,
+    check_image_id,
+    check_infer_params,
+    check_train_params,
+    check_volume_file,
+)
+
+from fastapi import HTTPException
 
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
-from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
-
-from monai_quantunet.labeling import InputError, check_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +77,10 @@ class QuantUNetApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
         os.makedirs(self.model_dir, exist_ok=True)
+        self.limits = Limits.from_conf(conf)
+        self._uploads: set = set()
+        self._uploads_lock = threading.Lock()
+        self._checked_files: Dict[str, tuple] = {}
 
         configs = dict(lib.configs.MODELS)
         requested = [m.strip() for m in (conf.get("models") or "all").split(",") if m.strip()]
@@ -87,11 +108,11 @@ class QuantUNetApp(MONAILabelApp):
     # --------------------------------------------------------------------------------------------------------
     def init_datastore(self) -> Datastore:
         if self.studies.startswith("http://") or self.studies.startswith("https://"):
-            return super().init_datastore()
-        logger.info(f"Init validating local datastore for: {self.studies}")
-        return ValidatingDatastore(
+            raise ValueError("this app serves a local studies folder only (--studies DIR)")
+        logger.info(f"Init studies datastore for: {self.studies}")
+        return StudiesDatastore(
             self.studies,
-            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            limits=self.limits,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
@@ -129,45 +150,116 @@ class QuantUNetApp(MONAILabelApp):
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
         return {}
 
+    def on_init_complete(self):
+        super().on_init_complete()
+        import monailabel.app as server  # the running server (on_init_complete is called in server mode only)
+
+        guards.install(server.app, self)
+
+    # ---- what requests may name -----------------------------------------------------------------------------
+    def infer_models(self):
+        return set(self._infers)
+
+    def train_models(self):
+        return set(self._trainers)
+
+    def register_upload(self, path: str, background_tasks) -> str:
+        """A volume uploaded with an infer request (a private temporary file): the only path, besides datastore
+        ids, that inference accepts. Forgotten once the answer is sent."""
+        path = os.path.realpath(path)
+        with self._uploads_lock:
+            self._uploads.add(path)
+        background_tasks.add_task(self._forget_upload, path)
+        return path
+
+    def _forget_upload(self, path: str) -> None:
+        with self._uploads_lock:
+            self._uploads.discard(path)
+
+    def _checked_volume(self, path: str, what: str, cache: bool = True):
+        """Full read check (datastore files: once per version, i.e. path, size, mtime) and the voxel limit."""
+        st = os.stat(path)
+        key = (st.st_size, st.st_mtime_ns)
+        if cache and self._checked_files.get(path) == key:
+            check_volume_file(path, self.limits, what=what, read_voxels=False)
+            return
+        check_volume_file(path, self.limits, what=what, read_voxels=True)
+        if cache:
+            self._checked_files[path] = key
+
     # --------------------------------------------------------------------------------------------------------
     def infer(self, request, datastore=None):
-        """Validate what the app controls and answer 4xx (not MONAI Label's default 500) for bad input."""
+        """Only datastore images (by id) or a volume uploaded with this request; parameters checked; answers 4xx
+        (not MONAI Label's default 500) for bad input."""
         model = request.get("model")
-        if not model or model not in self._infers:
-            raise HTTPException(status_code=404, detail=f"unknown model {model!r}; available: {sorted(self._infers)}")
+        if not isinstance(model, str) or model not in self._infers:
+            raise RequestError(404, f"unknown model {str(model)[:80]!r}; available: {sorted(self._infers)}")
         image = request.get("image")
-        if not image:
-            raise HTTPException(status_code=400, detail="no image id or file given")
-        if isinstance(image, str):
-            ds = datastore if datastore else self.datastore()
-            path = image if os.path.exists(image) else ds.get_image_uri(image)
-            if not path or not os.path.exists(path):
-                raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore")
-            try:
-                check_image_file(path, what=f"image {os.path.basename(image)!r}")
-            except InputError as e:
-                raise HTTPException(status_code=422, detail=str(e))
-        if request.get("label_tag") == "final":
-            request = dict(request, label_tag="original")  # inference never writes over a user's final label
+        if not isinstance(image, str) or not image:
+            raise RequestError(422, "no image given: add ?image=ID (a datastore image) or upload a volume as 'file'")
+        ds = datastore if datastore else self.datastore()
+        with self._uploads_lock:
+            uploaded = image in self._uploads
+        if uploaded:
+            self._checked_volume(image, "uploaded file", cache=False)
+        else:
+            path = ds.image_path_checked(check_image_id(image))
+            self._checked_volume(path, f"image {image!r}")
+        task = self._infers[model]
+        takes_clicks = task.type in (InferType.DEEPEDIT, InferType.DEEPGROW)
+        check_infer_params(request, takes_clicks, task.labels, self.limits)
         try:
-            return super().infer(request, datastore)
+            return super().infer(request, ds)
         except HTTPException:
             raise
         except Exception as e:  # transforms wrap the cause; find a user-input error in the chain
             cause = _input_error(e)
             if cause is not None:
-                raise HTTPException(status_code=422, detail=str(cause))
+                raise RequestError(422, str(cause)[:500])
             if isinstance(e, MONAILabelException):
-                raise HTTPException(status_code=400, detail=e.msg)
+                raise RequestError(400, e.msg)
             raise
 
+    def infer_wsi(self, request, datastore=None):
+        raise RequestError(404, "whole-slide (WSI) inference is not served by this app; use /infer/{model}")
+
+    def next_sample(self, request):
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise RequestError(404, f"unknown active learning strategy {str(strategy)[:80]!r}; available: {sorted(self._strategies)}")
+        if request.get("device") is not None:
+            check_device(request["device"])
+        return super().next_sample(request)
+
+    # ---- training -------------------------------------------------------------------------------------------
+    TRAIN_EXTRA_PARAMS = {
+        "publish_without_holdout": "publish a run that had no held-out labeled volume to validate on",
+        "num_samples": "2D slices drawn per volume per epoch",
+    }
+
+    def validate_train_request(self, model, params) -> dict:
+        """Checked before the request is queued (``POST /train/...``) and again in the training process."""
+        if not isinstance(model, str) or model not in self._trainers:
+            raise RequestError(404, f"unknown model {str(model)[:80]!r} to train; available: {sorted(self._trainers)}")
+        params = check_train_params(params, self._trainers[model].config(), self.TRAIN_EXTRA_PARAMS)
+        if not self.datastore().datalist():
+            raise RequestError(409, "no final labels to train on: submit labels first (PUT /datastore/label)")
+        return params
+
     def train(self, request):
-        model = request.get("model")
-        if model and model not in self._trainers:
-            raise MONAILabelException(
-                MONAILabelError.INVALID_INPUT, f"unknown model {model!r} to train; available: {sorted(self._trainers)}"
-            )
+        request = dict(request)
+        model = request.pop("model", None)
+        try:
+            params = self.validate_train_request(model, {k: v for k, v in request.items() if k not in _SERVER_TRAIN_KEYS})
+        except RequestError as e:
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, e.message)
+        request.update(params)
+        request["model"] = model
         return super().train(request)
+
+
+# keys MONAI Label itself adds to a train request (not the client's)
+_SERVER_TRAIN_KEYS = ("bundle_path", "run_id", "local_rank", "world_size")
 
 
 def _input_error(e: BaseException):
