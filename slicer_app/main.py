@@ -232,10 +232,7 @@ class QuantUNetApp(MONAILabelApp):
         return super().next_sample(request)
 
     # ---- training -------------------------------------------------------------------------------------------
-    TRAIN_EXTRA_PARAMS = {
-        "publish_without_holdout": "publish a run that had no held-out labeled volume to validate on",
-        "num_samples": "2D slices drawn per volume per epoch",
-    }
+    TRAIN_EXTRA_PARAMS: Dict[str, str] = {}  # keys a train request may set besides the trainer's config keys
 
     def validate_train_request(self, model, params) -> dict:
         """Checked before the request is queued (``POST /train/...``) and again in the training process."""

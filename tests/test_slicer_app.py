@@ -7,12 +7,6 @@ active learning, restart persistence.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,112 +15,10 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import REPO
-
 SimpleITK = pytest.importorskip("SimpleITK")
 pytest.importorskip("monailabel")
 from monailabel.client import MONAILabelClient  # noqa: E402
-
-VENV_BIN = Path(sys.executable).parent
-SHAPE = (64, 48, 8)  # IJK
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _write_volume(path: Path, array_zyx: np.ndarray, spacing=(0.9, 1.1, 4.0), origin=(-20.0, 10.0, 5.0), direction=None):
-    img = SimpleITK.GetImageFromArray(array_zyx)
-    img.SetSpacing(spacing)
-    img.SetOrigin(origin)
-    if direction is not None:
-        img.SetDirection(direction)
-    SimpleITK.WriteImage(img, str(path))
-
-
-def _synthetic_case(seed: int):
-    """(image, label) as (Z, Y, X) arrays with a bright ellipsoid tumor."""
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in SHAPE[::-1]], indexing="ij")
-    c = np.array([SHAPE[0] / 2 + rng.uniform(-6, 6), SHAPE[1] / 2 + rng.uniform(-5, 5), SHAPE[2] / 2])
-    tumor = ((x - c[0]) / 8) ** 2 + ((y - c[1]) / 6) ** 2 + ((z - c[2]) / 2.5) ** 2 < 1
-    image = 60 + 10 * np.sin(x / 5) + rng.normal(0, 4, tumor.shape)
-    image[tumor] += 80
-    return np.clip(image, 0, 255).astype(np.int16), tumor.astype(np.uint8)
-
-
-# oblique-free but non-trivial geometry: axes flipped (LPS-like, as Slicer stores many volumes)
-DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-def _make_studies(root: Path, n: int = 4, labeled: int = 2) -> Path:
-    studies = root / "studies"
-    (studies / "labels" / "final").mkdir(parents=True)
-    for i in range(n):
-        image, label = _synthetic_case(i)
-        _write_volume(studies / f"case{i}.nii.gz", image, direction=DIRECTION)
-        if i < labeled:
-            _write_volume(studies / "labels" / "final" / f"case{i}.nii.gz", label, direction=DIRECTION)
-    return studies
-
-
-class Server:
-    def __init__(self, studies: Path, workdir: Path, conf: dict | None = None):
-        self.studies, self.workdir = studies, workdir
-        self.conf = {"model_dir": str(workdir / "model"), **(conf or {})}
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = None
-        self.log = workdir / f"server_{self.port}.log"
-
-    def start(self, timeout: float = 240) -> "Server":
-        env = dict(os.environ)
-        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-        env["MONAILABEL_PYEXE"] = sys.executable
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        for k, sub in (("MONAI_LABEL_SESSION_PATH", "sessions"), ("XDG_CACHE_HOME", "cache"), ("MPLCONFIGDIR", "mpl")):
-            env[k] = str(self.workdir / sub)
-        env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
-        env["OMP_NUM_THREADS"] = "2"
-        # `monailabel start_server` is a bash launcher for `python -m monailabel.main`; it prepends the venv's
-        # grandparent folder to PYTHONPATH (the repository holding .venv), which is not this checkout when the
-        # venv is shared: run the module directly with this interpreter instead.
-        cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(REPO / "slicer_app"), "--studies", str(self.studies),
-               "--host", "127.0.0.1", "--port", str(self.port)]
-        for k, v in self.conf.items():
-            cmd += ["--conf", k, str(v)]
-        self._logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=str(self.workdir))
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if requests.get(self.url + "/", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"server did not answer within {timeout} s:\n{self.tail()}")
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        if getattr(self, "_logf", None):
-            self._logf.close()
-
+from slicer_server import DIRECTION, SHAPE, Server, make_studies, synthetic_case, write_volume  # noqa: E402
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
@@ -135,7 +27,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(workdir):
-    studies = _make_studies(workdir)
+    studies = make_studies(workdir)
     srv = Server(studies, workdir).start()
     yield srv
     srv.stop()
@@ -179,9 +71,9 @@ def test_autoseg_keeps_input_geometry(client, server, ext):
 
 def test_autoseg_uploaded_file(client, server, workdir):
     """Slicer may send the volume itself: the answer has that file's geometry."""
-    image, _ = _synthetic_case(7)
+    image, _ = synthetic_case(7)
     path = workdir / "upload.nii.gz"
-    _write_volume(path, image, spacing=(0.5, 0.5, 3.0), origin=(1.0, 2.0, 3.0))
+    write_volume(path, image, spacing=(0.5, 0.5, 3.0), origin=(1.0, 2.0, 3.0))
     result_file, _ = client.infer("segmentation", "", {"result_extension": ".nrrd"}, file=str(path))
     _assert_same_geometry(result_file, path)
 
@@ -227,7 +119,7 @@ def test_bad_uploads_get_4xx_and_labels_survive(client, server, workdir):
     label_path = server.studies / "labels" / "final" / "case0.nii.gz"
     before = label_path.read_bytes()
     wrong = workdir / "wrong.nii.gz"
-    _write_volume(wrong, np.zeros((4, 10, 10), np.uint8))
+    write_volume(wrong, np.zeros((4, 10, 10), np.uint8))
     r = requests.put(f"{server.url}/datastore/label", params={"image": "case0", "tag": "final"},
                      files={"label": ("case0.nii.gz", open(wrong, "rb"))}, timeout=60)
     assert r.status_code == 422 and "differs" in r.json()["detail"], r.text
@@ -240,9 +132,9 @@ def test_bad_uploads_get_4xx_and_labels_survive(client, server, workdir):
 
 def test_save_label_then_next_sample(client, server, workdir):
     result_file, _ = client.infer("segmentation", "case2", {"result_extension": ".nii.gz"})
-    _, label = _synthetic_case(2)
+    _, label = synthetic_case(2)
     path = workdir / "case2_label.nii.gz"
-    _write_volume(path, label, direction=DIRECTION)
+    write_volume(path, label, direction=DIRECTION)
     res = client.save_label("case2", str(path), tag="final")
     assert res["label"] == "case2"
     saved = server.studies / "labels" / "final" / "case2.nii.gz"
@@ -295,13 +187,13 @@ def test_train_one_epoch(client, server, model):
 
 @pytest.mark.slow
 def test_label_survives_restart(workdir):
-    studies = _make_studies(workdir / "restart", n=2, labeled=0)
+    studies = make_studies(workdir / "restart", n=2, labeled=0)
     srv = Server(studies, workdir / "restart", {"models": "segmentation", "preload": "false"}).start()
     try:
         c = MONAILabelClient(srv.url, tmpdir=str(workdir / "restart" / "client"))
-        _, label = _synthetic_case(1)
+        _, label = synthetic_case(1)
         path = workdir / "restart" / "l.nii.gz"
-        _write_volume(path, label, direction=DIRECTION)
+        write_volume(path, label, direction=DIRECTION)
         c.save_label("case1", str(path), tag="final")
     finally:
         srv.stop()

@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = APP_DIR.parent / "bundles" / "quantunet_brain_tumor_seg"
 LABELS = {"tumor": 1}
+# Fine-tuning on a few user labels starts from a trained model: a tenth of the bundle's from-scratch learning rate
+# (1e-3) and frozen bit widths by default keep what the shipped model knows (see benchmarks/finetune.py).
+FINETUNE_LEARNING_RATE = 1e-4
 
 
 class QuantUNetTaskConfig(TaskConfig):
@@ -86,9 +89,9 @@ class QuantUNetTaskConfig(TaskConfig):
             spatial_size=self.spatial_size,
             lambda_bits=float(s["lambda_bits"]),
             bit_reduction=s["bit_reduction"],
-            learning_rate=float(self.conf.get("learning_rate", s["learning_rate"])),
+            learning_rate=float(self.conf.get("learning_rate", FINETUNE_LEARNING_RATE)),
             bit_learning_rate=float(self.conf.get("bit_learning_rate", s["bit_learning_rate"])),
-            freeze_bit_widths=strtobool(self.conf.get("freeze_bit_widths", "false")),
+            freeze_bit_widths=strtobool(self.conf.get("freeze_bit_widths", "true")),
             num_samples=int(self.conf.get("num_samples", 8)),
             labels=self.labels,
         )

@@ -5,8 +5,13 @@
   group), or bit widths frozen (``--conf freeze_bit_widths true`` or request ``freeze_bit_widths``);
 * progress: MONAI's StatsHandler lines plus ``QuantUNetStatsHandler`` (per-epoch loss parts, val Dice, mean and
   per-layer bit widths in ``<model_dir>/<name>/<run>/bit_widths.json``), visible in ``/train`` details and logs;
-* publishing: the served checkpoint ``<model_dir>/<name>.pt`` is replaced only when the best validation Dice of
-  this run is >= the Dice of the model being served, measured on the same validation volumes before training.
+* validation only on held-out labeled volumes (never trained on): with ``n >= 2`` labeled volumes,
+  ``max(1, round(val_split * n))`` of them (at most ``n - 1``, a fixed seeded choice) are held out;
+* publishing: the served checkpoint ``<model_dir>/<name>.pt`` is replaced only when the best held-out Dice of
+  this run is higher than the Dice of the model being served on the same volumes, measured before training.
+  With fewer than 2 labeled volumes nothing can be held out: the run trains (the checkpoints stay in the run
+  folder) but does not publish, unless the request sets ``publish_without_holdout: true``. The train status
+  and ``train_stats.json`` say which happened and why (``published``, ``publish_reason``).
   Labels and images are only read.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from typing import Sequence
 
@@ -25,7 +31,7 @@ from monai.metrics import DiceMetric
 from monai.transforms import Activationsd, AsDiscreted
 
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
-from monailabel.tasks.train.handler import PublishStatsAndModel
+from monailabel.tasks.train.handler import PublishStatsAndModel, prepare_stats
 
 from monai_quantunet.bitwidth import split_bit_width_parameters
 from monai_quantunet.inference import slice_inferer
@@ -71,6 +77,7 @@ class QuantUNetTrainTask(BasicTrainTask):
             "learning_rate": learning_rate,
             "bit_learning_rate": bit_learning_rate,
             "freeze_bit_widths": freeze_bit_widths,
+            "publish_without_holdout": False,  # see the module docstring
             "multi_gpu": False,
             "dataset": ["CacheDataset", "Dataset"],
             "dataloader": ["DataLoader", "ThreadDataLoader"],
@@ -100,13 +107,19 @@ class QuantUNetTrainTask(BasicTrainTask):
         return super().train(rank, world_size, request, datalist)
 
     def partition_datalist(self, context: Context, shuffle=False):
-        train, val = super().partition_datalist(context, shuffle)
-        if not val:
+        """Held-out validation volumes, never trained on (see the module docstring)."""
+        items = sorted(context.datalist, key=lambda d: d["image"])
+        n = len(items)
+        if n < 2:
             logger.warning(
-                f"only {len(train)} labeled volume(s): validating on the training volumes (the publish guard then "
-                "compares training-set Dice)"
+                f"only {n} labeled volume(s): nothing can be held out for validation; this run trains but does not "
+                "publish unless publish_without_holdout is true"
             )
-            val = list(train)
+            return items, []
+        n_val = min(n - 1, max(1, int(round(float(context.request.get("val_split", 0.2)) * n))))
+        random.Random(0).shuffle(items)
+        val, train = items[:n_val], items[n_val:]
+        logger.info(f"{len(train)} labeled volume(s) to train on, {len(val)} held out for validation")
         return train, val
 
     # ---- model -----------------------------------------------------------------------------------------------
@@ -181,33 +194,37 @@ class QuantUNetTrainTask(BasicTrainTask):
     # ---- guarded publishing ----------------------------------------------------------------------------------
     def finalize(self, context):
         context.baseline_dice = None
-        publisher = GuardedPublisher(
-            self._stats_path, self._guarded_publish_path, self._key_metric_filename, context
-        )
+        publisher = GuardedPublisher(self._stats_path, self._guarded_publish_path, self._key_metric_filename, context)
+        if context.evaluator is not None:
 
-        def baseline(engine):
-            context.baseline_dice = mean_dice(
-                context.network, context.evaluator.data_loader, self.val_inferer(context), context.device
-            )
-            logger.info(f"validation Dice of the served model before training: {context.baseline_dice:.4f}")
+            def baseline(engine):
+                context.baseline_dice = mean_dice(
+                    context.network, context.evaluator.data_loader, self.val_inferer(context), context.device
+                )
+                logger.info(f"held-out Dice of the served model before training: {context.baseline_dice:.4f}")
 
-        context.trainer.add_event_handler(Events.STARTED, baseline)
-        context.evaluator.add_event_handler(Events.EPOCH_COMPLETED, publisher)
-        context.trainer.add_event_handler(Events.COMPLETED, publisher.summary)
-        super_es = int(context.request.get("early_stop_patience", 0))
-        if super_es > 0:
+            context.trainer.add_event_handler(Events.STARTED, baseline)
+            context.evaluator.add_event_handler(Events.EPOCH_COMPLETED, publisher)
+        else:
+            context.trainer.add_event_handler(Events.EPOCH_COMPLETED, publisher)
+        context.trainer.add_event_handler(Events.COMPLETED, publisher.completed)
+        patience = int(context.request.get("early_stop_patience", 0))
+        if patience > 0 and context.evaluator is not None:
             from ignite.handlers import EarlyStopping
             from monai.handlers import stopping_fn_from_metric
 
             context.evaluator.add_event_handler(
                 Events.EPOCH_COMPLETED,
-                EarlyStopping(super_es, stopping_fn_from_metric(self.VAL_METRIC_MEAN_DICE), context.trainer),
+                EarlyStopping(patience, stopping_fn_from_metric(self.VAL_METRIC_MEAN_DICE), context.trainer),
             )
 
 
 class GuardedPublisher(PublishStatsAndModel):
-    """Writes train stats every epoch (as MONAI Label's publisher) and publishes the best checkpoint of this
-    run only if its validation Dice is >= the served model's Dice measured before training."""
+    """Writes train stats every epoch (as MONAI Label's publisher) and publishes:
+
+    * with held-out volumes: this run's best checkpoint, when its held-out Dice is higher than the served
+      model's Dice on the same volumes (measured before training);
+    * without: nothing, unless the request sets ``publish_without_holdout`` (then the final weights)."""
 
     def __init__(self, stats_path, publish_path, key_metric_filename, context):
         super().__init__(
@@ -217,25 +234,45 @@ class GuardedPublisher(PublishStatsAndModel):
         self.guarded_publish_path = publish_path
         self.context = context
         self.published = False
+        self.holdout = len(context.val_datalist or [])
+        self.force = _truthy(context.request.get("publish_without_holdout", False))
+        if self.holdout:
+            self.reason = "training not finished"
+        else:
+            self.reason = (
+                f"not published: no held-out labeled volume to validate on ({len(context.train_datalist or [])} "
+                "labeled volume(s); at least 2 are needed), served model unchanged; set publish_without_holdout "
+                "to publish anyway"
+            )
 
     def iteration_completed(self):
         stats = super().iteration_completed()
-        best = self.evaluator.state.best_metric
-        baseline = self.context.baseline_dice
-        best_file = os.path.join(self.output_dir, self._key_metric_filename)
-        fresh = os.path.isfile(best_file) and os.path.getmtime(best_file) >= self.start_ts - 1
-        if fresh and baseline is not None and best is not None and best >= baseline - 1e-6:
-            atomic_copy(best_file, self.guarded_publish_path)
-            self.published = True
-            logger.info(
-                f"published {best_file} => {self.guarded_publish_path} (val Dice {best:.4f} >= served {baseline:.4f})"
-            )
-        elif baseline is not None and best is not None:
-            logger.info(f"served checkpoint kept: best val Dice {best:.4f} < served model's {baseline:.4f}")
+        if self.holdout:
+            best = self.evaluator.state.best_metric
+            baseline = self.context.baseline_dice
+            best_file = os.path.join(self.output_dir, self._key_metric_filename)
+            fresh = os.path.isfile(best_file) and os.path.getmtime(best_file) >= self.start_ts - 1
+            if fresh and baseline is not None and best is not None and best > baseline + 1e-6:
+                atomic_copy(best_file, self.guarded_publish_path)
+                self.published = True
+                self.reason = f"published: held-out Dice {best:.4f} > served model's {baseline:.4f}"
+                logger.info(f"published {best_file} => {self.guarded_publish_path} ({self.reason})")
+            elif not self.published and baseline is not None and best is not None:
+                self.reason = (
+                    f"not published: best held-out Dice {best:.4f} is not higher than the served model's "
+                    f"{baseline:.4f}; served model unchanged"
+                )
+        self._write(stats)
+        return stats
+
+    def _write(self, stats):
         stats.update(
             {
-                "baseline_val_dice": baseline,
+                "baseline_val_dice": self.context.baseline_dice,
+                "holdout_volumes": self.holdout,
+                "train_volumes": len(self.context.train_datalist or []),
                 "published": self.published,
+                "publish_reason": self.reason,
                 "publish_path": self.guarded_publish_path,
                 "bit_widths": self._bits(),
             }
@@ -243,7 +280,6 @@ class GuardedPublisher(PublishStatsAndModel):
         if self._stats_path:
             with open(self._stats_path, "w") as f:
                 json.dump(stats, f, indent=2, default=str)
-        return stats
 
     def _bits(self):
         from monai_quantunet.bitwidth import bit_width_report
@@ -254,12 +290,20 @@ class GuardedPublisher(PublishStatsAndModel):
         except Exception as e:  # stats must never fail the training
             return {"error": str(e)}
 
-    def summary(self, engine):
+    def completed(self, engine):
+        if not self.holdout and self.force:
+            final = os.path.join(self.output_dir, f"final_without_holdout_{self.context.run_id}.pt")
+            torch.save(self.context.network.state_dict(), final)
+            atomic_copy(final, self.guarded_publish_path)
+            self.published = True
+            self.reason = "published without held-out validation (publish_without_holdout was set)"
+        stats = prepare_stats(self.start_ts, self.trainer, self.evaluator)
+        self._write(stats)
         logger.info(
             f"training finished after {engine.state.epoch} epoch(s) in {time.time() - self.start_ts:.0f} s; "
-            f"served model Dice {self.context.baseline_dice}, best {self.evaluator.state.best_metric}; "
-            f"{'published ' + self.guarded_publish_path if self.published else 'served checkpoint unchanged'}"
+            f"served model Dice {self.context.baseline_dice}, best {getattr(self.evaluator, 'state', None) and self.evaluator.state.best_metric}"
         )
+        logger.info(f"PUBLISH: {self.reason}")
 
 
 def _truthy(v) -> bool:

@@ -1,0 +1,394 @@
+"""Adversarial requests against a real `monailabel start_server --app slicer_app` (issue 12).
+
+Every request must answer 4xx (never 5xx, never a silent wrong 200). After every test: `/info` answers, nothing
+outside the studies folder changed (the folders around it hold decoy volumes at the places a traversal would
+reach), and every final label is byte-identical to what the label uploads of this module wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+SimpleITK = pytest.importorskip("SimpleITK")
+pytest.importorskip("monailabel")
+from slicer_server import DIRECTION, SHAPE, Server, make_studies, synthetic_case, write_volume  # noqa: E402
+
+MAX_UPLOAD_BYTES = 3_000_000  # small, so a 4 MB upload tests the byte limit; volumes here are ~40 kB
+
+
+# ---- the server, the decoys and the invariants ------------------------------------------------------------------
+class Env:
+    def __init__(self, root: Path):
+        self.root = root
+        self.area = root / "area"  # everything under it but the studies folder must stay untouched
+        self.studies = make_studies(self.area / "inner", n=5, labeled=2)
+        image, _ = synthetic_case(11)
+        self.outside_volume = self.area / "outside.nii.gz"  # readable volume outside the datastore
+        write_volume(self.outside_volume, image)
+        write_volume(self.area / "inner" / "escape_img.nii.gz", image)  # studies/../escape_img.nii.gz
+        write_volume(self.area / "escape_img.nii.gz", image)
+        (self.area / "inner" / "labels").mkdir()
+        self.server = Server(self.studies, root / "server", {"max_upload_bytes": MAX_UPLOAD_BYTES}).start()
+        self.url = self.server.url
+        self.outside_before = self.snapshot_outside()
+        self.finals = self.read_finals()
+
+    def snapshot_outside(self) -> dict:
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(self.area):
+            if Path(dirpath) == self.studies.parent:
+                dirnames[:] = [d for d in dirnames if d != self.studies.name]
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                st = p.lstat()
+                out[str(p.relative_to(self.area))] = (st.st_size, st.st_mtime_ns, p.is_dir())
+        return out
+
+    def read_finals(self) -> dict:
+        return {p.name: p.read_bytes() for p in sorted((self.studies / "labels" / "final").iterdir())}
+
+    def check_invariants(self):
+        assert self.server.proc.poll() is None, self.server.tail()
+        assert requests.get(f"{self.url}/info/", timeout=60).status_code == 200
+        assert self.snapshot_outside() == self.outside_before, "a file outside the studies folder changed"
+        assert self.read_finals() == self.finals, "a final label changed"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = Env(tmp_path_factory.mktemp("adversarial"))
+    yield e
+    e.server.stop()
+
+
+@pytest.fixture(autouse=True)
+def invariants(env):
+    yield
+    env.check_invariants()
+
+
+def call(env, method, path, expect, params=None, data=None, files=None, json_body=None, text=None, timeout=120):
+    kwargs = {"params": params, "data": data, "timeout": timeout}
+    if files:
+        kwargs["files"] = {k: (name, open(fp, "rb") if isinstance(fp, (str, Path)) else fp) for k, (name, fp) in files.items()}
+    if json_body is not None:
+        kwargs["json"] = json_body
+    r = requests.request(method, env.url + path, **kwargs)
+    assert r.status_code < 500, f"{method} {path} {params}: {r.status_code} {r.text[:500]}"
+    if expect is not None:
+        assert r.status_code == expect, f"{method} {path} {params} {data}: {r.status_code} {r.text[:500]}"
+    if r.status_code >= 400 and method != "HEAD":
+        detail = r.json().get("detail")
+        assert detail, r.text
+        if text:
+            assert text in str(detail), detail
+    return r
+
+
+def volume(tmp_path: Path, name: str, array_zyx, **kw) -> Path:
+    p = tmp_path / name
+    write_volume(p, array_zyx, **kw)
+    return p
+
+
+TRAVERSAL_IDS = ["../escape_img", "../../escape_img", "..", ".", "a/b", "a\\b", "/etc/passwd", "case0/../case1",
+                 ".hidden", "x" * 300, "", " case0", "case0\x00"]
+TRAVERSAL_TAGS = ["../../escape_tag", "../final", "./final", "final/", "final/..", "/tmp/x", "..", "a/b", "t" * 100]
+
+
+# ---- inference ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("params_text", ["{bad", "null", "[1,2]", '"abc"', "1"])
+def test_infer_params_not_a_json_object(env, params_text):
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "case2"}, data={"params": params_text}, text="params")
+
+
+def test_infer_without_image_or_file(env):
+    call(env, "POST", "/infer/segmentation", 422, text="no image given")
+
+
+@pytest.mark.parametrize("ext", ["/x", ".jpg", ".png", "../../x.nii.gz", ".nii.gz/..", 3])
+def test_infer_bad_result_extension(env, ext):
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "case2"}, data={"params": json.dumps({"result_extension": ext})},
+         text="result_extension")
+
+
+@pytest.mark.parametrize("image_id", TRAVERSAL_IDS[:-2])
+def test_infer_image_traversal(env, image_id):
+    call(env, "POST", "/infer/segmentation", 422, params={"image": image_id})
+
+
+def test_infer_absolute_paths_cannot_read_or_probe(env):
+    """An existing and a missing absolute path get the same answer: nothing is read, nothing can be probed."""
+    a = call(env, "POST", "/infer/segmentation", 422, params={"image": str(env.outside_volume)})
+    b = call(env, "POST", "/infer/segmentation", 422, params={"image": str(env.area / "missing.nii.gz")})
+    assert a.json()["detail"].split("'")[0] == b.json()["detail"].split("'")[0]
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "case2"},
+         data={"params": json.dumps({"image": str(env.outside_volume)})}, text="not allowed")
+    call(env, "POST", "/infer/wsi/segmentation", None, params={"image": str(env.outside_volume)})
+
+
+def test_infer_unknown_model_and_image(env):
+    call(env, "POST", "/infer/nosuchmodel", 404, params={"image": "case2"}, text="unknown model")
+    call(env, "POST", "/infer/segmentation", 404, params={"image": "nosuchimage"}, text="not found")
+
+
+@pytest.mark.parametrize("tag", ["final", "Final", "./final", "final/", "../final", "labels/final", "../labels/final", ".."])
+def test_infer_save_label_never_touches_final(env, tag):
+    r = call(env, "POST", "/infer/segmentation", None, params={"image": "case0"},
+             data={"params": json.dumps({"save_label": True, "label_tag": tag})})
+    assert r.status_code in (403, 422), r.text
+    assert "label_tag" in r.json()["detail"]
+
+
+def test_infer_save_label_other_tag_is_fine_and_final_untouched(env):
+    call(env, "POST", "/infer/segmentation", 200, params={"image": "case0"},
+          data={"params": json.dumps({"save_label": True, "label_tag": "original", "result_extension": ".nii.gz"})})
+    assert (env.studies / "labels" / "original" / "case0.nii.gz").is_file()
+
+
+def test_clicks_to_segmentation_refused(env):
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "case2"},
+         data={"params": json.dumps({"foreground": [[10, 10, 2]]})}, text="takes no clicks")
+
+
+def test_click_limits(env):
+    many = [[i % SHAPE[0], i % SHAPE[1], 1] for i in range(300)]
+    call(env, "POST", "/infer/deepedit", 413, params={"image": "case2"},
+         data={"params": json.dumps({"foreground": many})}, text="max_clicks")
+    call(env, "POST", "/infer/deepedit", 422, params={"image": "case2"},
+         data={"params": json.dumps({"foreground": [[999, 1, 1]]})}, text="outside")
+    call(env, "POST", "/infer/deepedit", 422, params={"image": "case2"},
+         data={"params": json.dumps({"foreground": "abc"})})
+
+
+@pytest.mark.parametrize("params", [{"device": "cuda:99"}, {"device": "../x"}, {"logging": "bogus"}, {"sw_batch_size": 0},
+                                    {"result_dtype": "object"}, {"save_label": "maybe"}])
+def test_infer_bad_options(env, params):
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "case2"}, data={"params": json.dumps(params)})
+
+
+def test_infer_bad_session_and_label_file(env, tmp_path):
+    call(env, "POST", "/infer/segmentation", 422, params={"session_id": "../../x"}, text="session_id")
+    lab = volume(tmp_path, "l.nii.gz", np.zeros(SHAPE[::-1], np.uint8))
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "case2"}, files={"label": ("l.nii.gz", lab)})
+
+
+def test_infer_uploaded_file_checked(env, tmp_path):
+    image, _ = synthetic_case(3)
+    good = volume(tmp_path, "good.nii.gz", image)
+    call(env, "POST", "/infer/segmentation", 200, files={"file": ("good.nii.gz", good)},
+         data={"params": json.dumps({"result_extension": ".nrrd"})})
+    trunc = tmp_path / "trunc.nii.gz"
+    trunc.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    call(env, "POST", "/infer/segmentation", 422, files={"file": ("trunc.nii.gz", trunc)}, text="truncated")
+    call(env, "POST", "/infer/segmentation", 422, files={"file": ("x.png", good)}, text="expected one of")
+
+
+# ---- image uploads ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("image_id", TRAVERSAL_IDS + [None])
+def test_upload_image_id_traversal(env, tmp_path, image_id):
+    image, _ = synthetic_case(5)
+    src = volume(tmp_path, "up.nii.gz", image)
+    if image_id is None:  # the id comes from the file name
+        r = call(env, "PUT", "/datastore/image", None, files={"file": ("../../escape_img.nii.gz", src)})
+        assert r.status_code in (200, 422)
+        if r.status_code == 200:  # the name's folders are dropped: stored inside, as escape_img
+            assert r.json()["image"] == "escape_img" and (env.studies / "escape_img.nii.gz").is_file()
+            call(env, "DELETE", "/datastore/image", 200, params={"id": "escape_img"})
+        return
+    if image_id == "":
+        # no id: MONAI Label's client sends the file name, here "up"
+        r = call(env, "PUT", "/datastore/image", 200, params={"image": image_id}, files={"file": ("up.nii.gz", src)})
+        call(env, "DELETE", "/datastore/image", 200, params={"id": r.json()["image"]})
+        return
+    call(env, "PUT", "/datastore/image", 422, params={"image": image_id}, files={"file": ("up.nii.gz", src)}, text="not allowed" if len(image_id) < 200 else "too long")
+
+
+@pytest.mark.parametrize("params_text", ["{bad", "null", "[1,2]", '"abc"'])
+def test_upload_image_params_not_a_json_object(env, tmp_path, params_text):
+    image, _ = synthetic_case(5)
+    src = volume(tmp_path, "up.nii.gz", image)
+    call(env, "PUT", "/datastore/image", 422, params={"image": "newimg"}, data={"params": params_text}, files={"file": ("up.nii.gz", src)})
+    assert not (env.studies / "newimg.nii.gz").exists()
+
+
+def test_upload_bad_files(env, tmp_path):
+    image, _ = synthetic_case(5)
+    good = volume(tmp_path, "good.nii.gz", image)
+    data = good.read_bytes()
+    cases = {
+        "trunc.nii.gz": (data[: len(data) // 2], 422, "truncated"),
+        "junk.nii.gz": (b"not an image at all", 422, "not a readable image"),
+        "empty.nii.gz": (b"", 422, "empty"),
+        "img.png": (data, 422, "expected one of"),
+    }
+    for name, (content, status, text) in cases.items():
+        p = tmp_path / name
+        p.write_bytes(content)
+        call(env, "PUT", "/datastore/image", status, params={"image": "bad_" + name.split(".")[0]}, files={"file": (name, p)}, text=text)
+    flat = tmp_path / "flat.nii.gz"
+    SimpleITK.WriteImage(SimpleITK.GetImageFromArray(np.zeros((32, 32), np.uint8)), str(flat))
+    call(env, "PUT", "/datastore/image", 422, params={"image": "flat"}, files={"file": ("flat.nii.gz", flat)}, text="3D")
+    assert not any(p.name.startswith(("bad_", "flat")) for p in env.studies.iterdir())
+
+
+def test_upload_size_limits(env, tmp_path):
+    big_voxels = volume(tmp_path, "big.nii.gz", np.zeros((200, 300, 300), np.uint8))  # 18M voxels > 256^3, ~20 kB
+    assert big_voxels.stat().st_size < MAX_UPLOAD_BYTES
+    call(env, "PUT", "/datastore/image", 413, params={"image": "bigvox"}, files={"file": ("big.nii.gz", big_voxels)}, text="max_voxels")
+    call(env, "POST", "/infer/segmentation", 413, files={"file": ("big.nii.gz", big_voxels)}, text="max_voxels")
+    big_bytes = volume(tmp_path, "bytes.nii", np.random.default_rng(0).random((100, 100, 100), dtype=np.float32))
+    assert big_bytes.stat().st_size > MAX_UPLOAD_BYTES
+    call(env, "PUT", "/datastore/image", 413, params={"image": "bigbytes"}, files={"file": ("bytes.nii", big_bytes)}, text="max_upload_bytes")
+    call(env, "PUT", "/datastore/label", 413, params={"image": "case2", "tag": "final"}, files={"label": ("bytes.nii", big_bytes)})
+    assert not any(p.name.startswith("big") for p in env.studies.iterdir())
+
+
+def test_reupload_cannot_orphan_or_replace_labeled_image(env, tmp_path):
+    """Issue 12, item 2: same content then different content under a labeled id, five times."""
+    image_file = env.studies / "case0.nii.gz"
+    before = image_file.read_bytes()
+    other, _ = synthetic_case(9)
+    different = volume(tmp_path, "other.nii.gz", other, direction=DIRECTION)
+    for _ in range(5):
+        call(env, "PUT", "/datastore/image", 200, params={"image": "case0"}, files={"file": ("case0.nii.gz", image_file)})
+        objects = requests.get(f"{env.url}/datastore/?output=all", timeout=30).json()["objects"]
+        assert "final" in objects["case0"]["labels"]
+        call(env, "PUT", "/datastore/image", 409, params={"image": "case0"}, files={"file": ("case0.nii.gz", different)}, text="final label")
+        call(env, "PUT", "/datastore/image", 409, params={"image": "case0"}, files={"file": ("case0.nrrd", _as_nrrd(tmp_path, other))})
+    assert image_file.read_bytes() == before
+    assert not (env.studies / "case0.nrrd").exists()
+
+
+def _as_nrrd(tmp_path, array_zyx) -> Path:
+    p = tmp_path / "other.nrrd"
+    if not p.exists():
+        write_volume(p, array_zyx)
+    return p
+
+
+# ---- label uploads ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tag", TRAVERSAL_TAGS)
+def test_label_tag_traversal(env, tmp_path, tag):
+    _, label = synthetic_case(2)
+    lab = volume(tmp_path, "l.nii.gz", label, direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 422, params={"image": "case2", "tag": tag}, files={"label": ("case2.nii.gz", lab)}, text="tag")
+    call(env, "GET", "/datastore/label", 422, params={"label": "case0", "tag": tag})
+    call(env, "DELETE", "/datastore/label", 422, params={"id": "case0", "tag": tag})
+
+
+@pytest.mark.parametrize("image_id", TRAVERSAL_IDS)
+def test_label_image_id_traversal(env, tmp_path, image_id):
+    _, label = synthetic_case(2)
+    lab = volume(tmp_path, "l.nii.gz", label, direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 422, params={"image": image_id, "tag": "final"}, files={"label": ("x.nii.gz", lab)})
+    call(env, "GET", "/datastore/label", 422, params={"label": image_id, "tag": "final"})
+    call(env, "GET", "/datastore/image", 422, params={"image": image_id})
+    call(env, "HEAD", "/datastore/image", 422, params={"image": image_id})
+    call(env, "DELETE", "/datastore/image", 422, params={"id": image_id})
+    call(env, "PUT", "/datastore/image/info", 422, params={"image": image_id}, data={"info": "{}"})
+
+
+@pytest.mark.parametrize("params_text", ["{bad", "null", "[1,2]", '"abc"'])
+def test_label_params_not_a_json_object(env, tmp_path, params_text):
+    _, label = synthetic_case(0)
+    lab = volume(tmp_path, "l.nii.gz", label, direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 422, params={"image": "case0", "tag": "final"}, data={"params": params_text},
+         files={"label": ("case0.nii.gz", lab)}, text="params")
+    call(env, "PUT", "/datastore/image/info", 422, params={"image": "case0"}, data={"info": params_text}, text="info")
+    call(env, "PUT", "/datastore/label/info", 422, params={"label": "case0", "tag": "final"}, data={"info": params_text})
+
+
+@pytest.mark.parametrize(
+    "name,array",
+    [
+        ("sevens", np.full(SHAPE[::-1], 7, np.uint8)),
+        ("fractions", (np.random.default_rng(0).random(SHAPE[::-1]) * 0.9).astype(np.float32)),
+        ("negative", -np.ones(SHAPE[::-1], np.int16)),
+        ("three_values", np.arange(np.prod(SHAPE)).reshape(SHAPE[::-1]) % 3),
+        ("wrong_size", np.zeros((4, 10, 10), np.uint8)),
+    ],
+)
+def test_label_values_refused(env, tmp_path, name, array):
+    lab = volume(tmp_path, f"{name}.nii.gz", array, direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 422, params={"image": "case0", "tag": "final"}, files={"label": ("case0.nii.gz", lab)})
+
+
+def test_label_0_255_binarised_and_history_kept(env, tmp_path):
+    _, label = synthetic_case(3)
+    lab255 = volume(tmp_path, "l255.nii.gz", (label * 255).astype(np.uint8), direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 200, params={"image": "case3", "tag": "final"}, files={"label": ("case3.nii.gz", lab255)})
+    stored = env.studies / "labels" / "final" / "case3.nii.gz"
+    arr = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(stored)))
+    np.testing.assert_array_equal(arr, label)  # 255 -> 1
+    env.finals = env.read_finals()
+    first = stored.read_bytes()
+    lab01 = volume(tmp_path, "l01.nii.gz", np.zeros_like(label), direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 200, params={"image": "case3", "tag": "final"}, files={"label": ("case3.nii.gz", lab01)})
+    assert stored.read_bytes() == lab01.read_bytes()  # 0/1 stored as uploaded
+    history = list((env.studies / ".label_history" / "final").glob("case3.*.nii.gz"))
+    assert any(h.read_bytes() == first for h in history)
+    env.finals = env.read_finals()
+
+
+def test_label_for_unknown_image(env, tmp_path):
+    _, label = synthetic_case(2)
+    lab = volume(tmp_path, "l.nii.gz", label, direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 404, params={"image": "nosuch", "tag": "final"}, files={"label": ("x.nii.gz", lab)})
+    call(env, "PUT", "/datastore/label", 422, params={"image": "case2", "tag": "final"}, text="label: missing")
+
+
+# ---- deletes ----------------------------------------------------------------------------------------------------
+def test_deletes(env):
+    call(env, "DELETE", "/datastore/image", 404, params={"id": "nosuch"}, text="not found")
+    call(env, "DELETE", "/datastore/image", 409, params={"id": "case0"}, text="final label")
+    call(env, "DELETE", "/datastore/label", 409, params={"id": "case0", "tag": "final"}, text="kept")
+    call(env, "DELETE", "/datastore/label", 404, params={"id": "case4", "tag": "original"})
+    assert (env.area / "inner" / "escape_img.nii.gz").is_file()
+
+
+# ---- training and active learning -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "model,body,status",
+    [
+        ("nosuch", {}, 404),
+        ("segmentation", {"max_epochs": "x"}, 422),
+        ("segmentation", {"max_epochs": -1}, 422),
+        ("segmentation", {"val_split": 2}, 422),
+        ("segmentation", {"learning_rate": 0}, 422),
+        ("segmentation", {"train_ds": str(Path("/etc/passwd"))}, 422),
+        ("segmentation", {"val_ds": "/tmp/x.json"}, 422),
+        ("segmentation", {"name": "../../escape_run"}, 422),
+        ("segmentation", {"tracking_uri": "file:///tmp/mlruns"}, 422),
+        ("segmentation", {"dataset": "NoSuchDataset"}, 422),
+        ("segmentation", {"model": "deepedit"}, 422),
+        ("segmentation", {"device": "cuda:7"}, 422),
+        ("deepedit", {"freeze_bit_widths": "perhaps"}, 422),
+    ],
+)
+def test_train_requests_validated_before_queueing(env, model, body, status):
+    call(env, "POST", f"/train/{model}", status, json_body=body)
+    assert requests.get(f"{env.url}/train/", timeout=30).status_code == 404  # nothing was queued
+
+
+def test_train_body_not_json_and_run_sync(env):
+    r = requests.post(f"{env.url}/train/segmentation", data="{bad", headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 422, r.text
+    call(env, "POST", "/train/segmentation", 422, params={"run_sync": "true"}, json_body={}, text="run_sync")
+    call(env, "POST", "/train/", 404, json_body={"nosuch": {}})
+    assert requests.get(f"{env.url}/train/", timeout=30).status_code == 404
+
+
+def test_active_learning_bad_requests(env):
+    call(env, "POST", "/activelearning/nosuch", 404, json_body={}, text="strategy")
+    call(env, "POST", "/activelearning/random", 422, json_body=[1, 2])
+    call(env, "POST", "/activelearning/least_confidence", 422, json_body={"device": "cuda:9"})
+    r = call(env, "POST", "/activelearning/first", 200, json_body={})
+    labeled = {p.name.split(".")[0] for p in (env.studies / "labels" / "final").iterdir()}
+    assert r.json()["id"] not in labeled and (env.studies / f"{r.json()['id']}.nii.gz").is_file()
