@@ -232,7 +232,8 @@ class QuantUNetApp(MONAILabelApp):
         return super().next_sample(request)
 
     # ---- training -------------------------------------------------------------------------------------------
-    TRAIN_EXTRA_PARAMS: Dict[str, str] = {}  # keys a train request may set besides the trainer's config keys
+    # keys a train request may set besides the trainer's config keys (MONAI Label's client sends client_id)
+    TRAIN_EXTRA_PARAMS: Dict[str, str] = {"client_id": "the client's name, logged only"}
 
     def validate_train_request(self, model, params) -> dict:
         """Checked before the request is queued (``POST /train/...``) and again in the training process."""

@@ -178,11 +178,46 @@ def test_train_one_epoch(client, server, model):
     assert "mean_weight_bits" in stats["bit_widths"]
     details = "\n".join(status.get("details", []))
     assert "weight bits" in details  # QuantUNetStatsHandler line
+    # at least 2 labeled volumes: at least one held out, never trained on
+    assert stats["holdout_volumes"] >= 1 and stats["holdout_volumes"] + stats["train_volumes"] == len(labels_before)
+    assert "PUBLISH: " in details
     if stats["published"]:
         assert (server.workdir / "model" / f"{model}.pt").exists()
+        assert stats["best_metric"] > stats["baseline_val_dice"]
+    else:
+        assert "not published" in stats["publish_reason"]
     # user labels untouched by training
     assert {p.name: p.read_bytes() for p in (server.studies / "labels" / "final").iterdir()} == labels_before
     assert client.info()["models"]
+
+
+@pytest.mark.slow
+def test_train_without_holdout_does_not_publish_unless_asked(workdir):
+    """One labeled volume: nothing to validate on, so the run trains but the served model stays, and the train
+    status says why; ``publish_without_holdout`` publishes anyway."""
+    root = workdir / "one_label"
+    studies = make_studies(root, n=2, labeled=1)
+    srv = Server(studies, root, {"models": "segmentation", "preload": "false"}).start()
+    try:
+        c = MONAILabelClient(srv.url, tmpdir=str(root / "client"))
+        published = root / "model" / "segmentation.pt"
+        c.train_start("segmentation", {"max_epochs": 1, "dataset": "Dataset"})
+        status = _wait_training(c)
+        assert status["status"] == "DONE", "\n".join(status.get("details", []))
+        assert "not published: no held-out labeled volume" in "\n".join(status.get("details", []))
+        stats = json.loads((root / "model" / "segmentation" / "train_stats.json").read_text())
+        assert stats["published"] is False and stats["holdout_volumes"] == 0 and stats["baseline_val_dice"] is None
+        assert not published.exists()
+
+        c.train_start("segmentation", {"max_epochs": 1, "dataset": "Dataset", "publish_without_holdout": True})
+        status = _wait_training(c)
+        assert status["status"] == "DONE", "\n".join(status.get("details", []))
+        stats = json.loads((root / "model" / "segmentation" / "train_stats.json").read_text())
+        assert stats["published"] is True and published.is_file()
+        f, _ = c.infer("segmentation", "case1", {"result_extension": ".nrrd"})  # served from the published file
+        assert Path(f).is_file() and f"loaded checkpoint {published}" in srv.tail(400)
+    finally:
+        srv.stop()
 
 
 @pytest.mark.slow

@@ -325,6 +325,8 @@ def check_train_params(params: Any, config: Mapping[str, Any], extra: Mapping[st
             if isinstance(choices, (list, tuple)) and value not in choices:
                 raise RequestError(422, f"{key}: {str(value)[:40]!r} is not one of {list(choices)}")
             p[key] = value
+    if p.get("client_id") is not None and (not isinstance(p["client_id"], str) or len(p["client_id"]) > 128):
+        raise RequestError(422, "client_id: expected a short text")
     if "name" in p:
         check_label_tag(p["name"], "name (the run's folder)")
     if "device" in p:
