@@ -26,3 +26,15 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(root, num_cases=6, shape=(48, 48, 8), num_validation=2)
     return root
+
+
+@pytest.fixture(scope="session")
+def finn_toolchain():
+    """The FINN toolchain of ``$FINN_TOOLCHAIN`` or ``<repo>/.finn``; skips the test when there is none."""
+    from monai_quantunet.export.finn_toolchain import TOOLCHAIN_ENV, FinnToolchain
+
+    folder = os.environ.get(TOOLCHAIN_ENV) or REPO / ".finn"
+    try:
+        return FinnToolchain.from_folder(folder)
+    except FileNotFoundError as e:
+        pytest.skip(f"FINN toolchain not installed ({e})")

@@ -23,28 +23,7 @@ from monai_quantunet.export.qonnx import run_qonnx
 from monai_quantunet.export.verify import compare_logits
 from monai_quantunet.inference import predict_volume
 from monai_quantunet.networks import QuantUNet
-
-CHANNELS = (4, 8, 8, 16, 16)
-SIZE = (32, 32)
-
-
-def mixed_width_net(seed: int = 0) -> QuantUNet:
-    """A tiny learned-width net whose widths span 2..8, trained a few optimizer steps."""
-    torch.manual_seed(seed)
-    net = QuantUNet(1, 1, CHANNELS, quantization="learned")
-    offsets = [p for n, p in net.named_parameters() if "bit_width_offset" in n]
-    with torch.no_grad():
-        for i, p in enumerate(offsets):
-            p.fill_(float(i % 7))  # width = offset + 2: integer offsets stay away from rounding edges
-    opt = torch.optim.Adam([p for n, p in net.named_parameters() if "bit_width" not in n], lr=1e-3)
-    for _ in range(3):
-        x = torch.rand(2, 1, *SIZE)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), (x > 0.5).float())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
-
+from tiny_unet import CHANNELS, SIZE, mixed_width_net
 
 @pytest.fixture(scope="module")
 def net() -> QuantUNet:
@@ -71,7 +50,7 @@ def test_widths_span_2_to_8(net):
 def test_files_present(exported):
     names = {p.relative_to(exported.out_dir).as_posix() for p in exported.out_dir.rglob("*")}
     assert {"model.qonnx.onnx", "model.qcdq.onnx", "cost.json", "bit_widths.png", "finn/model.onnx",
-            "finn/dataflow_build_config.json", "finn/build.py", "finn/folding_config.json", "finn/input.npy",
+            "finn/dataflow_build_config.json", "finn/build.py", "finn/input.npy",
             "finn/expected_output.npy", "finn/README.md"} <= names
     assert not [p for p in exported.out_dir.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
@@ -108,27 +87,39 @@ def test_qcdq_equals_pytorch_and_runs_volumes(exported, net, slices):
         onnx_net(torch.rand(1, 1, 64, 64))
 
 
-def test_finn_folder(exported):
+def test_finn_folder(exported, net, slices):
     finn = exported.finn_dir
     cfg = json.loads((finn / "dataflow_build_config.json").read_text())
-    for key in ("output_dir", "synth_clk_period_ns", "shell_flow_type", "target_fps", "folding_config_file",
-                "auto_fifo_depths", "generate_outputs", "verify_steps", "verify_input_npy",
-                "verify_expected_output_npy"):
+    for key in ("output_dir", "synth_clk_period_ns", "shell_flow_type", "target_fps", "auto_fifo_depths",
+                "generate_outputs", "verify_input_npy", "verify_expected_output_npy", "verification_atol"):
         assert key in cfg, key
-    assert "board" in cfg or "fpga_part" in cfg
-    assert cfg["auto_fifo_depths"] is True
-    assert (finn / cfg["folding_config_file"]).is_file() and "Defaults" in json.loads((finn / "folding_config.json").read_text())
+    assert cfg["board"] == "Pynq-Z1" and cfg["target_fps"] == 30 and cfg["synth_clk_period_ns"] == 10.0
+    assert cfg["auto_fifo_depths"] is True and cfg["enable_build_pdb_debug"] is False
+    assert "folded_hls_cppsim" not in cfg["verify_steps"]  # needs Vitis: the folded graph is verified in Python
     py_compile.compile(str(finn / "build.py"), doraise=True)
     x, y = np.load(finn / cfg["verify_input_npy"]), np.load(finn / cfg["verify_expected_output_npy"])
-    assert x.shape == (1, 1, *SIZE) and y.shape == (1, 1, *SIZE)
-    np.testing.assert_array_equal(run_qonnx(ModelWrapper(str(finn / "model.onnx")), x), y)
+    assert x.shape == (len(slices), 1, *SIZE) and y.shape == (len(slices), 1, *SIZE)
+    with torch.no_grad():
+        np.testing.assert_array_equal(y, net(torch.from_numpy(x)).numpy())  # PyTorch's logits
+    assert np.abs(run_qonnx(ModelWrapper(str(finn / "model.onnx")), x) - y).max() <= cfg["verification_atol"]
     readme = (finn / "README.md").read_text()
-    assert "f5c9819" in readme and "logit > 0" in readme and "build.py" in readme
+    assert "f5c9819" in readme and "logit > 0" in readme and "step_hw_codegen" in readme and "step_hw_ipgen" in readme
 
     from monai_quantunet.export import finn_build
 
     names = [finn_build.step_name(s) for s in finn_build.UNET_STEPS]
     assert "step_unet_convert_to_hw" in names and "step_target_fps_parallelization" not in names
+    assert "step_make_driver" in names and names.index("step_hw_codegen") < names.index("step_hw_ipgen")
+
+
+def test_unknown_finn_target_fails_before_work(net, slices, tmp_path):
+    with pytest.raises(ValueError, match="unknown board 'Pynq-Z9'"):
+        export_model(net, tmp_path / "a", slices, board="Pynq-Z9", verbose=False)
+    with pytest.raises(ValueError, match="unknown FPGA part 'xcvu9p"):
+        export_model(net, tmp_path / "b", slices, board=None, fpga_part="xcvu9p-flga2104-2-i", verbose=False)
+    with pytest.raises(ValueError, match="target_fps"):
+        export_model(net, tmp_path / "c", slices, target_fps=0, verbose=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cost_report(exported, net):

@@ -5,7 +5,8 @@ Layout of ``out_dir``::
     model.qonnx.onnx     QONNX (fixed input (1, C, H, W)), qonnx-cleaned, SCALEDINT datatypes annotated
     model.qcdq.onnx      standard ONNX (QuantizeLinear/DequantizeLinear), dynamic batch, for onnxruntime
     finn/                FINN build folder (see its README.md)
-    cost.json            per-layer widths, MACs, BOPs, weight memory, totals, verification results
+    cost.json            per-layer widths, MACs, BOPs, weight memory, totals, verification results (and, with a
+                         FINN toolchain, FINN's folding, estimates and the folded hardware graph's verification)
     bit_widths.png       weight and activation bits per layer
 
 The folder is written under a temporary sibling name and renamed into place at the end, so a failed
@@ -29,7 +30,14 @@ import torch.nn as nn
 
 from monai_quantunet.bitwidth import BitWidthReport, bit_width_report
 from monai_quantunet.export.cost import CostReport, check_weight_memory, cost_report
-from monai_quantunet.export.finn import DEFAULT_BOARD, write_finn_folder
+from monai_quantunet.export.finn import (
+    DEFAULT_BOARD,
+    DEFAULT_CLK_NS,
+    DEFAULT_TARGET_FPS,
+    build_config,
+    write_finn_folder,
+)
+from monai_quantunet.export.finn_toolchain import FinnToolchain
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
 from monai_quantunet.export.qonnx import export_qonnx_model, quant_dtypes, run_qonnx
 from monai_quantunet.export.verify import QCDQ_ATOL, QONNX_ATOL, RTOL, check_verification, compare_logits
@@ -102,7 +110,9 @@ def export_model(
     checkpoint: str | Path | None = None,
     board: str | None = DEFAULT_BOARD,
     fpga_part: str | None = None,
-    clk_period_ns: float = 10.0,
+    clk_period_ns: float = DEFAULT_CLK_NS,
+    target_fps: float = DEFAULT_TARGET_FPS,
+    finn: FinnToolchain | None = None,
     qonnx_atol: float = QONNX_ATOL,
     qcdq_atol: float = QCDQ_ATOL,
     rtol: float = RTOL,
@@ -117,7 +127,10 @@ def export_model(
         example_slices: real input slices ``(N, C, H, W)``; fixes H, W of the exports, ``[:1]`` becomes FINN's
             ``input.npy``, all N verify QONNX and QCDQ against PyTorch.
         checkpoint: optional state_dict file loaded into ``network`` first (``ValueError`` if it does not fit).
-        board / fpga_part / clk_period_ns: FINN target (see :func:`monai_quantunet.export.finn.build_config`).
+        board / fpga_part / clk_period_ns / target_fps: FINN target, slices per second at the clock (see
+            :func:`monai_quantunet.export.finn.build_config`); ``ValueError`` for an unknown board or part.
+        finn: a FINN toolchain: FINN's flow then folds the model for the target and executes the folded hardware
+            graph on ``example_slices`` (a scratch copy of ``finn/``; the folder itself stays unbuilt).
         qonnx_atol / qcdq_atol / rtol: verification tolerance ``atol + rtol x max |logit|`` (see
             :mod:`monai_quantunet.export.verify`).
         qonnx_inference_cost: also record qonnx's own ``inference_cost`` (skips ConvTranspose) for comparison.
@@ -125,6 +138,8 @@ def export_model(
     Raises ``ExportVerificationError`` (a ``ValueError``) with a report if an export disagrees with PyTorch.
     """
     out_dir = Path(out_dir)
+    finn_target = dict(board=board, fpga_part=fpga_part, clk_period_ns=clk_period_ns, target_fps=target_fps)
+    build_config(**finn_target)  # an unknown target fails before any work
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"export folder {out_dir} already exists (pass overwrite=True / --overwrite)")
     if out_dir.exists() and not out_dir.is_dir():
@@ -140,8 +155,8 @@ def export_model(
 
     tmp = _make_temp_sibling(out_dir)
     try:
-        record = _export_into(net, tmp, slices, widths, board, fpga_part, clk_period_ns, qonnx_atol, qcdq_atol,
-                              rtol, qonnx_inference_cost, verbose)
+        record = _export_into(net, tmp, slices, widths, finn_target, finn, qonnx_atol, qcdq_atol, rtol,
+                              qonnx_inference_cost, verbose)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -152,9 +167,9 @@ def export_model(
                         record)
 
 
-def _export_into(net: nn.Module, folder: Path, slices: torch.Tensor, widths: BitWidthReport, board: str | None,
-                 fpga_part: str | None, clk_period_ns: float, qonnx_atol: float, qcdq_atol: float,
-                 rtol: float, qonnx_inference_cost: bool, verbose: bool) -> dict:
+def _export_into(net: nn.Module, folder: Path, slices: torch.Tensor, widths: BitWidthReport, finn_target: dict,
+                 finn: FinnToolchain | None, qonnx_atol: float, qcdq_atol: float, rtol: float,
+                 qonnx_inference_cost: bool, verbose: bool) -> dict:
     reference = net(slices).numpy()
     qonnx_model = export_qonnx_model(net, slices, folder / QONNX_FILE)
     qonnx_logits = run_qonnx(qonnx_model, slices)
@@ -165,8 +180,13 @@ def _export_into(net: nn.Module, folder: Path, slices: torch.Tensor, widths: Bit
     verification["qcdq"] = compare_logits(reference, qcdq_logits, qcdq_atol, rtol)
     check_verification(verification)
 
-    write_finn_folder(folder / "finn", folder / QONNX_FILE, slices[:1].numpy(), qonnx_logits[:1],
-                      board=board, fpga_part=fpga_part, clk_period_ns=clk_period_ns)
+    write_finn_folder(folder / "finn", folder / QONNX_FILE, slices.numpy(), reference,
+                      verification_atol=verification["qonnx"]["tolerance"], **finn_target)
+    finn_record = None
+    if finn is not None:
+        finn_record = _finn_build(finn, folder / "finn", verbose)
+        verification["finn_folded"] = compare_logits(reference, finn_record.pop("folded_logits"), qonnx_atol, rtol)
+        check_verification(verification)
 
     costs: CostReport = cost_report(net, slices[:1])
     check_weight_memory(costs, widths)
@@ -175,6 +195,7 @@ def _export_into(net: nn.Module, folder: Path, slices: torch.Tensor, widths: Bit
         "bit_width_report": widths.totals(),
         "qonnx_quant_dtypes": quant_dtypes(qonnx_model),
         "verification": verification,
+        **({"finn": finn_record} if finn_record else {}),
     }
     if qonnx_inference_cost:
         record["qonnx_inference_cost"] = _qonnx_cost(folder / QONNX_FILE, costs)
@@ -186,6 +207,22 @@ def _export_into(net: nn.Module, folder: Path, slices: torch.Tensor, widths: Bit
             print(f"verification {name}: max |logit diff| {r['max_abs_diff']:.3g} (tolerance {r['tolerance']:.3g}), "
                   f"{r['mask_mismatches']} mask mismatches, {r['num_slices']} slices")
     return record
+
+
+def _finn_build(finn: FinnToolchain, finn_dir: Path, verbose: bool) -> dict:
+    """FINN's flow to the estimate reports on a scratch copy of ``finn_dir``: folding, the folded graph's logits
+    (FINN Python execution, host tail included) and FINN's estimates."""
+    with tempfile.TemporaryDirectory() as scratch:
+        build_dir = Path(shutil.copytree(finn_dir, Path(scratch) / "finn"))
+        finn.run_build(build_dir, "step_generate_estimate_reports", log=print if verbose else None)
+        output = build_dir / "output"
+        return {
+            "folded_logits": np.load(output / "verification_output" / "folded_python_logits.npy"),
+            "folding": json.loads((output / "report" / "folding_report.json").read_text()),
+            "performance": json.loads((output / "report" / "estimate_network_performance.json").read_text()),
+            "folding_config": json.loads((output / "folding_config.json").read_text()),
+            "host_tail": json.loads((output / "host_tail.json").read_text()),
+        }
 
 
 def _qonnx_cost(path: Path, costs: CostReport) -> dict:
@@ -222,13 +259,14 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def example_slices(dataset_dir: str | Path | None, spatial_size: Sequence[int], num_slices: int = 4,
-                   key: str = "validation") -> tuple[torch.Tensor, str]:
+                   key: str = "validation", whole_volume: bool = False) -> tuple[torch.Tensor, str]:
     """``(num_slices, 1, H, W)`` preprocessed slices with tumor from ``dataset_dir``'s ``key`` split, and a
     description of their source.
 
     Uses ``val_transforms(spatial_size)`` on the datalist's volumes, taking tumor slices evenly spread
-    through each volume (non-tumor slices only if too few have tumor). Without ``<dataset_dir>/dataset.json``,
-    the slices come from synthetic volumes (``make_synthetic_dataset``).
+    through each volume (non-tumor slices only if too few have tumor); ``whole_volume``: every slice of the
+    split's first volume instead. Without ``<dataset_dir>/dataset.json``, the slices come from synthetic
+    volumes (``make_synthetic_dataset``).
     """
     from monai_quantunet.data import load_datalist, make_synthetic_dataset
     from monai_quantunet.transforms import val_transforms
@@ -237,10 +275,13 @@ def example_slices(dataset_dir: str | Path | None, spatial_size: Sequence[int], 
     if datalist is None or not datalist.is_file():
         with tempfile.TemporaryDirectory() as tmp:
             make_synthetic_dataset(tmp, num_cases=2, shape=(*spatial_size, 8), num_validation=1)
-            slices, _ = example_slices(tmp, spatial_size, num_slices, key)
+            slices, _ = example_slices(tmp, spatial_size, num_slices, key, whole_volume)
         return slices, "synthetic volumes (no dataset.json found)"
     items = load_datalist(datalist, key) or load_datalist(datalist, "training")
     transform = val_transforms(spatial_size)
+    if whole_volume:
+        image = transform(items[0])["image"].as_tensor()  # (1, H, W, Z)
+        return image.permute(3, 0, 1, 2).contiguous(), f"all {image.shape[-1]} slices of {items[0]['image']}"
     tumor, other = [], []
     for item in items:
         case = transform(item)

@@ -1,8 +1,7 @@
-"""The FINN build folder: QONNX model, build config, custom U-Net build script, folding config, test vectors.
+"""The FINN build folder: QONNX model, build config, the U-Net build script, verification slices, README.
 
-FINN is Docker-only, so nothing here imports it: the folder is written for a FINN ``dev`` container
-(see the folder's README.md) and ``build.py`` (a copy of :mod:`monai_quantunet.export.finn_build`) imports
-FINN inside its functions.
+Nothing here imports FINN: ``build.py`` (a copy of :mod:`monai_quantunet.export.finn_build`) imports it
+inside its functions; :mod:`monai_quantunet.export.finn_toolchain` runs it in FINN's own environment.
 """
 
 from __future__ import annotations
@@ -13,111 +12,134 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_BOARD", "FINN_VERSION", "QONNX_COMMIT", "build_config", "folding_config", "write_finn_folder"]
+from monai_quantunet.export.finn_build import (
+    BOARD_PARTS,
+    MAX_UTILIZATION,
+    VIVADO_STEPS,
+    part_resources,
+    resolve_part,
+)
+
+__all__ = ["DEFAULT_BOARD", "DEFAULT_CLK_NS", "DEFAULT_TARGET_FPS", "FINN_COMMIT", "QONNX_COMMIT", "build_config",
+           "write_finn_folder"]
 
 DEFAULT_BOARD = "Pynq-Z1"  # Zynq-7020: small, low power, FINN's reference board
-FINN_VERSION = "FINN dev branch (April 2026)"
-QONNX_COMMIT = "f5c9819"  # the qonnx FINN dev pins (DESIGN.md, U-Net rule 7)
+DEFAULT_TARGET_FPS = 30  # slices per second
+DEFAULT_CLK_NS = 10.0  # 100 MHz
+FINN_COMMIT = "73ba5ed"  # FINN dev, 2026-04-17
+QONNX_COMMIT = "f5c9819"  # the qonnx FINN dev pins
 BUILD_SCRIPT = Path(__file__).with_name("finn_build.py")
 
-# Fully serial folding (PE = SIMD = 1): the smallest design, a wearable's starting point. Raise per node
-# (keys are node names after step_specialize_layers) for throughput. Node types are listed because
-# ApplyConfig sets defaults on every custom node of a listed type, and not every type has PE or SIMD.
-_PE_TYPES = ["MVAU_hls", "MVAU_rtl", "Thresholding_hls", "Thresholding_rtl", "DuplicateStreams_hls",
-             "StreamingMaxPool_hls", "AddStreams_hls"]
-_SIMD_TYPES = ["MVAU_hls", "MVAU_rtl", "ConvolutionInputGenerator_hls", "ConvolutionInputGenerator_rtl",
-               "FMPadding_hls", "FMPadding_rtl", "FMPadding_Pixel_hls", "StreamingConcat_hls"]
 
-
-def folding_config() -> dict:
-    """FINN ``folding_config_file`` contents (rule 6: ``target_fps`` folding crashes on StreamingConcat)."""
-    return {"Defaults": {"PE": [1, _PE_TYPES], "SIMD": [1, _SIMD_TYPES]}}
-
-
-def build_config(board: str | None = DEFAULT_BOARD, fpga_part: str | None = None, clk_period_ns: float = 10.0,
-                 target_fps: int = 1) -> dict:
+def build_config(board: str | None = DEFAULT_BOARD, fpga_part: str | None = None,
+                 clk_period_ns: float = DEFAULT_CLK_NS, target_fps: float = DEFAULT_TARGET_FPS,
+                 verification_atol: float = 1e-3) -> dict:
     """``dataflow_build_config.json`` contents; paths are relative to the folder (``build.py`` resolves them).
 
-    ``board`` gives a Zynq bitfile, PYNQ driver and deployment package; with ``fpga_part`` alone (no board)
-    the build stops at out-of-context synthesis. ``target_fps`` is recorded for reference only: the
-    folding comes from ``folding_config.json``.
+    ``board`` (one of ``finn_build.BOARD_PARTS``) gives a Zynq bitfile, PYNQ driver and deployment package;
+    ``fpga_part`` alone stops at out-of-context synthesis. ``build.py`` folds for ``target_fps`` slices per
+    second at ``clk_period_ns``. ``verification_atol``: largest logit difference (logit units) the folded
+    graph may show against the PyTorch logits. ``ValueError`` for an unknown board or part.
     """
-    if bool(board) == bool(fpga_part):
-        raise ValueError(f"give exactly one of board or fpga_part (got board={board!r}, fpga_part={fpga_part!r})")
+    part = resolve_part(board, fpga_part)
+    part_resources(part)
+    if not target_fps > 0 or not clk_period_ns > 0:
+        raise ValueError(f"target_fps and clk_period_ns must be positive, got {target_fps} and {clk_period_ns}")
     outputs = ["estimate_reports", "stitched_ip", "rtlsim_performance"]
     outputs += ["bitfile", "pynq_driver", "deployment_package"] if board else ["out_of_context_synth"]
-    target = {"board": board} if board else {"fpga_part": fpga_part}
     return {
         "output_dir": "output",
         "synth_clk_period_ns": clk_period_ns,
-        **target,
+        **({"board": board} if board else {"fpga_part": fpga_part}),
         "shell_flow_type": "vivado_zynq",
         "target_fps": target_fps,
-        "folding_config_file": "folding_config.json",
         "auto_fifo_depths": True,
         "generate_outputs": outputs,
-        "verify_steps": ["initial_python", "folded_hls_cppsim", "stitched_ip_rtlsim"],
+        "verify_steps": [],
         "verify_input_npy": "input.npy",
         "verify_expected_output_npy": "expected_output.npy",
+        "verification_atol": verification_atol,
         "save_intermediate_models": True,
+        "enable_build_pdb_debug": False,
     }
 
 
-def write_finn_folder(folder: str | Path, qonnx_path: str | Path, example_input: np.ndarray,
-                      expected_output: np.ndarray, **config_kwargs) -> Path:
+def write_finn_folder(folder: str | Path, qonnx_path: str | Path, slices: np.ndarray, logits: np.ndarray,
+                      **config_kwargs) -> Path:
     """Write the FINN build folder.
 
-    ``example_input`` ``(1, C, H, W)`` float32 and ``expected_output`` ``(1, out, H, W)``: the QONNX graph's
-    logits on it (FINN's verification vectors). ``config_kwargs`` go to :func:`build_config`.
+    ``slices`` ``(N, C, H, W)`` float32 and ``logits`` ``(N, out, H, W)``: the PyTorch network's logits on them
+    (``input.npy`` / ``expected_output.npy``, the folded graph's verification). ``config_kwargs`` go to
+    :func:`build_config`.
     """
     folder = Path(folder)
-    folder.mkdir()
     cfg = build_config(**config_kwargs)
+    folder.mkdir()
     shutil.copyfile(qonnx_path, folder / "model.onnx")
     shutil.copyfile(BUILD_SCRIPT, folder / "build.py")
     (folder / "dataflow_build_config.json").write_text(json.dumps(cfg, indent=2))
-    (folder / "folding_config.json").write_text(json.dumps(folding_config(), indent=2))
-    np.save(folder / "input.npy", np.asarray(example_input, dtype=np.float32))
-    np.save(folder / "expected_output.npy", np.asarray(expected_output, dtype=np.float32))
-    (folder / "README.md").write_text(_readme(cfg, tuple(example_input.shape)))
+    np.save(folder / "input.npy", np.asarray(slices, dtype=np.float32))
+    np.save(folder / "expected_output.npy", np.asarray(logits, dtype=np.float32))
+    (folder / "README.md").write_text(_readme(cfg, tuple(slices.shape)))
     return folder
 
 
 def _readme(cfg: dict, input_shape: tuple[int, ...]) -> str:
-    target = f"board `{cfg['board']}`" if cfg.get("board") else f"FPGA part `{cfg['fpga_part']}`"
+    part = resolve_part(cfg.get("board"), cfg.get("fpga_part"))
+    target = f"board `{cfg['board']}` ({part})" if cfg.get("board") else f"FPGA part `{part}`"
+    n, c, h, w = input_shape
     return f"""# FINN build folder: QuantU-Net
 
-Targets: {FINN_VERSION} with qonnx commit {QONNX_COMMIT} (the qonnx FINN `dev` pins; the registry's qonnx 1.0.0
-changed `MultiThreshold`'s default data layout and makes FINN mis-convert NCHW thresholds). FINN `main`
-(v0.10.1) lacks the concat transformations this U-Net needs. Build target: {target},
-clock {cfg['synth_clk_period_ns']} ns.
+Checked with FINN `dev` {FINN_COMMIT} and qonnx {QONNX_COMMIT} (the qonnx FINN `dev` pins; the registry's qonnx 1.0.0
+changed `MultiThreshold`'s default data layout). FINN `main` (v0.10.1) lacks the concat transformations a U-Net
+needs. Target: {target}, clock {cfg['synth_clk_period_ns']} ns, **{cfg['target_fps']} slices/s**, at most
+{MAX_UTILIZATION:.0%} of the part's LUT, BRAM18, URAM and DSP by FINN's estimates (supported boards:
+{', '.join(BOARD_PARTS)}).
 
 | file | what |
 |---|---|
-| `model.onnx` | the QONNX model (Brevitas export, qonnx-cleaned), input `{input_shape}` float, NCHW |
+| `model.onnx` | the QONNX model (Brevitas export, qonnx-cleaned), input `(1, {c}, {h}, {w})` float, NCHW |
 | `dataflow_build_config.json` | FINN `DataflowBuildConfig` (paths relative to this folder) |
-| `build.py` | the build with the U-Net's custom steps |
-| `folding_config.json` | PE/SIMD = 1 everywhere (smallest design); raise per node for speed |
-| `input.npy`, `expected_output.npy` | one real slice and the QONNX graph's logits on it (FINN's `verify_steps`) |
+| `build.py` | the build: FINN's steps plus the U-Net's own (see its docstring) |
+| `input.npy`, `expected_output.npy` | {n} real slices and the PyTorch QuantU-Net's logits on them |
 
 ## Run
 
-Inside FINN's Docker container (`./run-docker.sh` from a FINN `dev` checkout, with this folder mounted):
+With FINN on the path (`FINN_ROOT` set; in FINN's Docker container, or the environment the project's
+`scripts/install_finn.sh` makes):
 
-    cd <this folder>
-    python build.py                                             # everything in generate_outputs
-    python build.py --steps-until step_generate_estimate_reports  # resource estimates only, no Vivado
+    python build.py --steps-until step_hw_codegen   # no Vivado: folding, verification, estimates, HLS/RTL code
+    python build.py                                 # the full build, inside FINN's Docker with Vivado
 
-`build_dataflow <this folder>` alone runs FINN's default steps, which fail on a U-Net (max-pool, concat,
-upsampling and skip forks stay off the hardware): use `build.py`, which calls `build_dataflow_cfg` with
-custom steps (NCHW streamlining to a fixed point, channels-last, explicit `InferUpsample` /
-`InferPixelPaddingDeconv` / `InferConcatLayer` / `InferDuplicateStreamsLayer` before convert-to-HW).
-`target_fps` is not used for folding: `step_target_fps_parallelization` crashes on StreamingConcat.
-`auto_fifo_depths` stays on (undersized skip FIFOs deadlock a U-Net on the board).
+Steps that need Vivado/Vitis and are not exercised without it: {', '.join(f'`{s}`' for s in VIVADO_STEPS)}.
+A build never drops into a debugger: `output/build_status.json` says `ok`, or `failed` with the step and the
+reason (also printed), and `build.py` exits non-zero.
 
-## Output
+What the steps leave in `output/`:
 
-The graph ends at the logits `(1, 1, H, W)`: **logit > 0 is the tumor mask** (no sigmoid on the FPGA).
-The final transpose back to NCHW and the logits' scale and bias run on the host (the parent model of
-`output/intermediate_models/dataflow_parent.onnx`).
+| file | what |
+|---|---|
+| `folding_config.json` | PE/SIMD per layer, keyed by FINN's node names, chosen by `step_unet_folding` for the target |
+| `report/folding_report.json` | target, estimated slices/s, bottleneck layer, FINN's resource estimates and the budget |
+| `report/estimate_*.json` | FINN's own estimate reports (cycles and resources per layer, network performance) |
+| `verification_output/folded_python.json` | the folded graph (FINN Python execution) against `expected_output.npy` |
+| `host_tail.json` | the accelerator's input/output datatypes and the host's operations (below) |
+| `codegen/` | generated HLS/RTL code (unless `FINN_BUILD_DIR` is set) |
+
+To fold by hand, copy `output/folding_config.json`, edit it and give it as `folding_config_file` in
+`dataflow_build_config.json`: node names that are not in the graph are refused. A target no folding reaches is
+an error naming the slowest layer; a target that only fits over the resource budget gets the fastest folding
+within it (`target_met: false` in the folding report).
+
+## Output: what the host does
+
+The accelerator takes the slice as `(1, {h}, {w}, {c})` (NHWC) float32 values (the percentile-scaled image the
+network was trained on; the first layer quantizes them to 8 bits) and streams out `(1, {h}, {w}, 1)` integer
+accumulators of the 1x1 head (NHWC, datatype in `host_tail.json`). The host finishes the network exactly as
+`output/intermediate_models/dataflow_parent.onnx` does, with the constants listed in `host_tail.json`:
+
+    logits = transpose(y, (0, 3, 1, 2)) * scale + bias     # (1, 1, {h}, {w}) logits
+    mask = logits > 0                                      # logit > 0 is tumor; no sigmoid on the FPGA
+
+`auto_fifo_depths` stays on for the Vivado steps (undersized skip FIFOs deadlock a U-Net on the board).
 """

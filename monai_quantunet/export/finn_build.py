@@ -1,25 +1,110 @@
 """FINN build of the exported QuantU-Net (copied into the FINN build folder as ``build.py``).
 
-Run inside FINN's Docker container (FINN ``dev`` branch, qonnx commit f5c9819):
+    python build.py                                # every step (needs Vivado from step_hw_ipgen on)
+    python build.py --steps-until step_hw_codegen  # no Vivado: folding, verification, estimates, HLS/RTL code
 
-    python build.py [--steps-until STEP]
+Checked with FINN ``dev`` 73ba5ed and qonnx f5c9819. FINN's stock ``step_streamline`` /
+``step_convert_to_hw`` leave a U-Net's max-pools, concatenations, transposed convs and skip forks off the
+hardware, and ``step_target_fps_parallelization`` crashes on ``StreamingConcat``; the custom steps below
 
-FINN's stock ``step_streamline`` / ``step_convert_to_hw`` leave a U-Net's max-pools, concatenations,
-transposed convs and skip forks off the hardware; the custom steps below (the repository's DESIGN.md,
-"U-Net rules") move every scale past them on the NCHW graph, go channels-last, then convert the
-upsampling, concat and fork layers explicitly. The final transpose and the logits' scale and bias stay
-on the host (``step_create_dataflow_partition`` leaves them in the parent model).
+* check the QONNX model first (activations <= 8 bits, both inputs of every concat from one quantizer);
+* move every scale past fork, max-pool, up-conv and concat on the NCHW graph, then go channels-last;
+* convert exactly the layers the U-Net has, leaving the output tail (NHWC->NCHW transpose, logits scale and
+  bias) on the host, and fail naming any other node that did not become a hardware layer;
+* fold for ``target_fps`` at ``synth_clk_period_ns`` within ``MAX_UTILIZATION`` of the part's LUT, BRAM18,
+  URAM and DSP by FINN's own estimates (or apply and check a ``folding_config_file``);
+* execute the folded graph with FINN's Python execution inside its host parent on the verification slices
+  and compare with the PyTorch logits.
 
-This file imports FINN only inside functions, so it compiles and imports without FINN installed.
+The outcome is written to ``<output_dir>/build_status.json`` (``"ok"`` or ``"failed"`` with the step and
+the reason). This file imports FINN only inside functions, so it imports without FINN installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import math
+import os
+import sys
+import traceback
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 MAX_STREAMLINE_ROUNDS = 20
+MAX_ACTIVATION_BITS = 8
+MAX_UTILIZATION = 0.8  # share of each FPGA resource the folding may use
+HW_DOMAIN = "finn.custom_op.fpgadataflow"
+HOST_TAIL_OPS = ("Transpose", "Mul", "Add")
+VIVADO_STEPS = ("step_hw_ipgen", "step_set_fifo_depths", "step_create_stitched_ip",
+                "step_measure_rtlsim_performance", "step_out_of_context_synthesis", "step_synthesize_bitfile",
+                "step_make_driver", "step_deployment_package")
+
+# Wearable-class targets: FINN board name -> FPGA part, and each part's resources (AMD product tables).
+BOARD_PARTS = {
+    "Pynq-Z1": "xc7z020clg400-1",
+    "Pynq-Z2": "xc7z020clg400-1",
+    "Ultra96-V2": "xczu3eg-sbva484-1-i",
+    "KV260_SOM": "xck26-sfvc784-2LV-c",
+}
+PART_RESOURCES = {
+    "xc7z020": {"LUT": 53200, "BRAM_18K": 280, "URAM": 0, "DSP": 220},
+    "xczu3eg": {"LUT": 70560, "BRAM_18K": 432, "URAM": 0, "DSP": 360},
+    "xck26": {"LUT": 117120, "BRAM_18K": 288, "URAM": 64, "DSP": 1248},
+}
+RESOURCES = ("LUT", "BRAM_18K", "URAM", "DSP")
+
+
+class UNetBuildError(ValueError):
+    """A model, config or target this build cannot serve; the message names the layer or the key."""
+
+
+def resolve_part(board: str | None, fpga_part: str | None) -> str:
+    """The FPGA part of a supported ``board`` or ``fpga_part``; :class:`UNetBuildError` for unknown ones."""
+    if bool(board) == bool(fpga_part):
+        raise UNetBuildError(f"give exactly one of board or fpga_part (got board={board!r}, fpga_part={fpga_part!r})")
+    if board:
+        if board not in BOARD_PARTS:
+            raise UNetBuildError(f"unknown board {board!r}: supported boards are {', '.join(BOARD_PARTS)}")
+        return BOARD_PARTS[board]
+    part_resources(fpga_part)
+    return fpga_part
+
+
+def part_resources(part: str) -> dict[str, int]:
+    """LUT, BRAM_18K, URAM and DSP of ``part`` (a part number such as ``xc7z020clg400-1``)."""
+    for family, resources in PART_RESOURCES.items():
+        if part.lower().startswith(family):
+            return resources
+    raise UNetBuildError(f"unknown FPGA part {part!r}: supported part families are {', '.join(PART_RESOURCES)} "
+                         f"(boards: {', '.join(f'{b} = {p}' for b, p in BOARD_PARTS.items())})")
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def step_unet_check_model(model, cfg):
+    """Reject, before FINN works for minutes, activations over 8 bits and concats fed by two quantizers."""
+    from qonnx.core.datatype import DataType  # noqa: F401  (FINN's qonnx must be importable)
+
+    initial = {t.name for t in model.graph.initializer}
+    for node in model.get_nodes_by_op_type("Quant"):
+        bits = model.get_initializer(node.input[3])
+        if node.input[0] not in initial and bits is not None and float(bits) > MAX_ACTIVATION_BITS:
+            raise UNetBuildError(f"activation quantizer {node.name} (output {node.output[0]}) has {float(bits):g} bits; "
+                                 f"FINN's thresholding layers take at most {MAX_ACTIVATION_BITS}")
+    for node in model.get_nodes_by_op_type("Concat"):
+        quants = [model.find_producer(name) for name in node.input]
+        if any(q is None or q.op_type != "Quant" for q in quants):
+            raise UNetBuildError(f"concat {node.name}: every input must come straight from a quantized activation")
+        params = [tuple(np.asarray(model.get_initializer(q.input[i])).round(12).tobytes() for i in (1, 2, 3))
+                  for q in quants]
+        if len(set(params)) > 1:
+            scales = [np.asarray(model.get_initializer(q.input[1])).ravel()[:1].tolist() for q in quants]
+            raise UNetBuildError(f"concat {node.name}: inputs carry different scales or widths ({scales} from "
+                                 f"{[q.name for q in quants]}); both branches must end in one shared quantizer")
+    return model
 
 
 def _transform_to_fixed_point(model, transformations, max_rounds: int = MAX_STREAMLINE_ROUNDS):
@@ -30,7 +115,7 @@ def _transform_to_fixed_point(model, transformations, max_rounds: int = MAX_STRE
             model = model.transform(t)
         if model.model.SerializeToString() == before:
             return model
-    raise RuntimeError(f"streamlining did not reach a fixed point in {max_rounds} rounds")
+    raise UNetBuildError(f"streamlining did not reach a fixed point in {max_rounds} rounds")
 
 
 def step_unet_streamline(model, cfg):
@@ -39,18 +124,15 @@ def step_unet_streamline(model, cfg):
     from finn.transformation.streamline import Streamline
     from qonnx.transformation.infer_datatypes import InferDataTypes
 
-    model = _transform_to_fixed_point(
-        model,
-        [
-            reorder.MoveLinearPastFork(),
-            reorder.MoveMulPastMaxPool(),
-            reorder.MoveScalarLinearPastInvariants(),
-            reorder.MoveScalarMulPastConvTranspose(),
-            reorder.MoveMulPastJoinConcat(),
-            reorder.MoveAddPastJoinConcat(),
-            Streamline(),
-        ],
-    )
+    model = _transform_to_fixed_point(model, [
+        reorder.MoveLinearPastFork(),
+        reorder.MoveMulPastMaxPool(),
+        reorder.MoveScalarLinearPastInvariants(),
+        reorder.MoveScalarMulPastConvTranspose(),
+        reorder.MoveMulPastJoinConcat(),
+        reorder.MoveAddPastJoinConcat(),
+        Streamline(),
+    ])
     return model.transform(InferDataTypes())
 
 
@@ -67,54 +149,384 @@ def step_unet_channels_last(model, cfg):
     model = model.transform(MakeInputChannelsLast())
     model = model.transform(LowerConvsToMatMul())
     model = model.transform(InferPixelPaddingDeconv())
-    model = _transform_to_fixed_point(
-        model,
-        [
-            reorder.MakeMaxPoolNHWC(),
-            absorb.AbsorbTransposeIntoMultiThreshold(),
-            reorder.MoveTransposePastFork(),
-            reorder.MoveTransposePastJoinConcat(),
-            reorder.MakeScaleResizeNHWC(),
-            absorb.AbsorbConsecutiveTransposes(),
-        ],
-    )
+    model = _transform_to_fixed_point(model, [
+        reorder.MakeMaxPoolNHWC(),
+        absorb.AbsorbTransposeIntoMultiThreshold(),
+        reorder.MoveTransposePastFork(),
+        reorder.MoveTransposePastJoinConcat(),
+        reorder.MakeScaleResizeNHWC(),
+        absorb.AbsorbConsecutiveTransposes(),
+    ])
     model = model.transform(RoundAndClipThresholds())
     return model.transform(InferDataTypes())
 
 
 def step_unet_convert_to_hw(model, cfg):
-    """Convert upsampling, concat and skip forks explicitly (not in the stock step), then the rest."""
+    """Convert the U-Net's layers to FINN hardware layers; the output tail stays a host-side graph.
+
+    FINN's stock step would also turn the tail (transpose, float scale Mul, bias Add) into a ``Shuffle`` and
+    float elementwise layers inside the accelerator: this step runs only the conversions a U-Net needs.
+    """
     import finn.transformation.fpgadataflow.convert_to_hw_layers as to_hw
-    from finn.builder.build_dataflow_steps import step_convert_to_hw
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+    from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes
+    from qonnx.transformation.general import GiveUniqueNodeNames
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
 
-    model = model.transform(to_hw.InferUpsample())
-    model = model.transform(to_hw.InferConcatLayer())
-    model = model.transform(to_hw.InferDuplicateStreamsLayer())
-    model = model.transform(to_hw.InferAddStreamsLayer())
-    return step_convert_to_hw(model, cfg)
+    for transformation in (
+        to_hw.InferUpsample(),
+        to_hw.InferQuantizedMatrixVectorActivation(),
+        to_hw.InferThresholdingLayer(),
+        to_hw.InferPool(),
+        to_hw.InferConvInpGen(),
+        RemoveCNVtoFCFlatten(),
+        to_hw.InferConcatLayer(),
+        to_hw.InferDuplicateStreamsLayer(),
+        AbsorbConsecutiveTransposes(),
+        GiveUniqueNodeNames(),
+        InferDataLayouts(),
+    ):
+        model = model.transform(transformation)
+    check_hardware_graph(model)
+    return model
 
 
-# step_target_fps_parallelization is left out: it crashes on StreamingConcat; folding_config.json sets PE/SIMD.
+def check_hardware_graph(model) -> None:
+    """Every node is a hardware layer except a tail of ``HOST_TAIL_OPS`` at the output; else name the node."""
+    tail = []
+    for node in reversed(model.graph.node):  # topologically sorted: the tail comes last
+        if node.domain == HW_DOMAIN:
+            break
+        tail.append(node)
+    for node in model.graph.node:
+        if node.domain == HW_DOMAIN or (node in tail and node.op_type in HOST_TAIL_OPS):
+            continue
+        types = [str(model.get_tensor_datatype(t)) for t in node.input if model.get_initializer(t) is None]
+        hint = (" (concat inputs with different scales stay on float data: use one shared quantizer)"
+                if node.op_type == "Concat" else "")
+        raise UNetBuildError(f"node {node.name} ({node.op_type}, inputs {types}) did not become a FINN hardware "
+                             f"layer{hint}; only a {'/'.join(HOST_TAIL_OPS)} tail may stay on the host")
+
+
+def step_unet_dataflow_partition(model, cfg):
+    """FINN's dataflow partition, then ``host_tail.json``: what the host does with the accelerator's output."""
+    from finn.builder.build_dataflow_steps import step_create_dataflow_partition
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    child = step_create_dataflow_partition(model, cfg)
+    parent = ModelWrapper(str(Path(cfg.output_dir) / "intermediate_models" / "dataflow_parent.onnx"))
+    ops = []
+    for node in parent.graph.node:
+        if node.op_type == "StreamingDataflowPartition":
+            continue
+        op = {"op": node.op_type, "name": node.name}
+        if node.op_type == "Transpose":
+            op["perm"] = list(node.attribute[0].ints)
+        else:
+            const = next(parent.get_initializer(t) for t in node.input if parent.get_initializer(t) is not None)
+            op["value"] = np.asarray(const).ravel().tolist()
+        ops.append(op)
+    out = child.graph.output[0].name
+    tail = {
+        "accelerator_input": {"shape": child.get_tensor_shape(child.graph.input[0].name),
+                              "datatype": str(child.get_tensor_datatype(child.graph.input[0].name)), "layout": "NHWC"},
+        "accelerator_output": {"shape": child.get_tensor_shape(out), "datatype": str(child.get_tensor_datatype(out)),
+                               "layout": "NHWC"},
+        "host_ops": ops,
+        "mask": "logit > 0",
+    }
+    (Path(cfg.output_dir) / "host_tail.json").write_text(json.dumps(tail, indent=2))
+    return child
+
+
+# ---------------------------------------------------------------------------------------------- folding
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _base_op(node) -> str:
+    return node.op_type.rsplit("_", 1)[0] if node.op_type.endswith(("_hls", "_rtl")) else node.op_type
+
+
+class FoldingUnit:
+    """Nodes folded together and the parallelism settings they admit, cheapest first.
+
+    ``options`` are lists of ``(node, attribute, value)``; FINN's rules: MVAU ``SIMD | MW``, ``PE | MH`` and
+    (HLS) ``SIMD >= MW / 1024``; a pool's ``PE`` equals the ``SIMD`` of the window generator feeding it;
+    concat ``SIMD`` divides every input's channels; padding, window generator, threshold and fork widths
+    divide their channels.
+    """
+
+    def __init__(self, nodes, options):
+        self.nodes = nodes
+        self.options = options
+
+    def apply(self, option) -> None:
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node, attr, value in option:
+            getCustomOp(node).set_nodeattr(attr, int(value))
+
+    def cycles(self) -> int:
+        from qonnx.custom_op.registry import getCustomOp
+
+        return max(int(getCustomOp(n).get_exp_cycles()) for n in self.nodes)
+
+    def serial_cycles(self) -> int:
+        self.apply(self.options[0])
+        return self.cycles()
+
+    def fastest_cycles(self) -> int:
+        self.apply(self.options[-1])
+        return self.cycles()
+
+    def fold(self, target_cycles: float) -> bool:
+        """Apply the cheapest option within ``target_cycles``, else the fastest; return whether it fits."""
+        for option in self.options:
+            self.apply(option)
+            if self.cycles() <= target_cycles:
+                return True
+        return False
+
+
+def folding_units(model) -> list[FoldingUnit]:
+    """One :class:`FoldingUnit` per hardware node (a pool together with its window generator)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    units, paired = [], set()
+    for node in model.graph.node:
+        op, inst = _base_op(node), getCustomOp(node)
+        if op == "Pool":
+            swg = model.find_producer(node.input[0])
+            if swg is None or _base_op(swg) != "ConvolutionInputGenerator":
+                raise UNetBuildError(f"pool {node.name} is not fed by a window generator")
+            paired.add(swg.name)
+            units.append(FoldingUnit([swg, node], [[(swg, "SIMD", p), (node, "PE", p)]
+                                                   for p in _divisors(inst.get_nodeattr("Channels"))]))
+    for node in model.graph.node:
+        op, inst = _base_op(node), getCustomOp(node)
+        if op == "Pool" or node.name in paired:
+            continue
+        if op == "MVAU":
+            mw, mh = inst.get_nodeattr("MW"), inst.get_nodeattr("MH")
+            min_simd = math.ceil(mw / 1024) if node.op_type.endswith("_hls") else 1
+            pairs = [(s, p) for s in _divisors(mw) if s >= min_simd for p in _divisors(mh)]
+            pairs.sort(key=lambda sp: (sp[0] * sp[1], sp[1]))
+            options = [[(node, "SIMD", s), (node, "PE", p)] for s, p in pairs]
+        elif op in ("Thresholding", "DuplicateStreams"):
+            options = [[(node, "PE", p)] for p in _divisors(inst.get_nodeattr("NumChannels"))]
+        elif op in ("FMPadding", "FMPadding_Pixel"):
+            options = [[(node, "SIMD", s)] for s in _divisors(inst.get_nodeattr("NumChannels"))]
+        elif op == "ConvolutionInputGenerator":
+            options = [[(node, "SIMD", s)] for s in _divisors(inst.get_nodeattr("IFMChannels"))]
+        elif op == "StreamingConcat":
+            channels = inst.get_nodeattr("ChannelsPerStream")
+            options = [[(node, "SIMD", s)] for s in _divisors(math.gcd(*channels))]
+        else:
+            raise UNetBuildError(f"no folding rule for {node.op_type} (node {node.name})")
+        units.append(FoldingUnit([node], options))
+    return units
+
+
+def estimate_resources(model, part: str) -> dict[str, float]:
+    """FINN's per-layer resource estimates summed over the graph (LUT, BRAM_18K, URAM, DSP)."""
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+
+    per_node = model.analysis(lambda m: res_estimation(m, part))
+    return {r: float(sum(est.get(r, 0) for est in per_node.values())) for r in RESOURCES}
+
+
+def fold_for_target(model, target_cycles: float, part: str, max_utilization: float = MAX_UTILIZATION) -> dict:
+    """Fold ``model`` (in place) for ``target_cycles`` per frame within ``max_utilization`` of ``part``.
+
+    Raises :class:`UNetBuildError` if no folding reaches the target or even the serial design does not fit.
+    Where the target fits only over budget, the fastest folding within budget is kept. Returns a report.
+    """
+    units = folding_units(model)
+    budget = {r: max_utilization * v for r, v in part_resources(part).items()}
+
+    def fold(cycles: float) -> tuple[bool, dict]:
+        met = all([unit.fold(cycles) for unit in units])
+        return met, estimate_resources(model, part)
+
+    def fits(resources: dict) -> bool:
+        return all(resources[r] <= budget[r] for r in RESOURCES)
+
+    floor_cycles, floor_node = max((unit.fastest_cycles(), unit.nodes[-1].name) for unit in units)
+    if floor_cycles > target_cycles:
+        raise UNetBuildError(f"target of {target_cycles:.0f} cycles per frame cannot be reached: {floor_node} needs "
+                             f"at least {floor_cycles} cycles at full parallelism")
+    chosen = target_cycles
+    met, resources = fold(chosen)
+    if not fits(resources):
+        # the fastest folding within budget: bisect the cycle target between the target and the serial design
+        serial_cycles = float(max(unit.serial_cycles() for unit in units))
+        serial_resources = fold(serial_cycles)[1]
+        if not fits(serial_resources):
+            raise UNetBuildError(f"even the serial design exceeds {max_utilization:.0%} of {part}: "
+                                 f"{serial_resources} vs budget {budget}")
+        low, chosen = target_cycles, serial_cycles
+        for _ in range(24):
+            mid = math.sqrt(low * chosen)
+            if fits(fold(mid)[1]):
+                chosen = mid
+            else:
+                low = mid
+        met, resources = fold(chosen)
+    return {
+        "target_cycles": target_cycles,
+        "target_met": bool(met and chosen == target_cycles),
+        "folded_for_cycles": chosen,
+        "resources": resources,
+        "budget": budget,
+        "max_utilization": max_utilization,
+        "part": part,
+    }
+
+
+def check_folding(model) -> None:
+    """Raise :class:`UNetBuildError` naming the node where a folding breaks one of FINN's rules."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        op, inst = _base_op(node), getCustomOp(node)
+        attr = lambda name: inst.get_nodeattr(name)  # noqa: E731
+        broken = None
+        if op == "MVAU":
+            if attr("MW") % attr("SIMD") or attr("MH") % attr("PE"):
+                broken = f"SIMD {attr('SIMD')} must divide MW {attr('MW')} and PE {attr('PE')} divide MH {attr('MH')}"
+            elif node.op_type.endswith("_hls") and attr("SIMD") < attr("MW") / 1024:
+                broken = f"SIMD {attr('SIMD')} < MW / 1024 = {attr('MW') / 1024:g}"
+        elif op == "Pool":
+            swg = getCustomOp(model.find_producer(node.input[0]))
+            if attr("PE") != swg.get_nodeattr("SIMD") or attr("Channels") % attr("PE"):
+                broken = f"PE {attr('PE')} must equal its window generator's SIMD {swg.get_nodeattr('SIMD')}"
+        elif op == "StreamingConcat":
+            if any(c % attr("SIMD") for c in attr("ChannelsPerStream")):
+                broken = f"SIMD {attr('SIMD')} must divide every input's channels {list(attr('ChannelsPerStream'))}"
+        elif op in ("Thresholding", "DuplicateStreams") and attr("NumChannels") % attr("PE"):
+            broken = f"PE {attr('PE')} must divide {attr('NumChannels')} channels"
+        elif op in ("FMPadding", "FMPadding_Pixel") and attr("NumChannels") % attr("SIMD"):
+            broken = f"SIMD {attr('SIMD')} must divide {attr('NumChannels')} channels"
+        elif op == "ConvolutionInputGenerator" and attr("IFMChannels") % attr("SIMD"):
+            broken = f"SIMD {attr('SIMD')} must divide {attr('IFMChannels')} channels"
+        if broken:
+            raise UNetBuildError(f"folding of {node.name}: {broken}")
+
+
+def step_unet_folding(model, cfg):
+    """PE/SIMD per layer: ``folding_config_file`` if given (node names checked), else fold for ``target_fps``.
+
+    Writes the folding applied, keyed by FINN's node names, to ``<output_dir>/folding_config.json`` and the
+    target, FINN's resource estimates and the budget to ``<output_dir>/report/folding_report.json``.
+    """
+    from finn.util.config import extract_model_config_to_json
+    from finn.transformation.general import ApplyConfig
+    from qonnx.transformation.general import GiveUniqueNodeNames
+
+    model = model.transform(GiveUniqueNodeNames())
+    part = cfg._resolve_fpga_part()
+    if cfg.folding_config_file:
+        config = json.loads(Path(cfg.folding_config_file).read_text())
+        names = {n.name for n in model.graph.node}
+        unknown = sorted(set(config) - names - {"Defaults"})
+        if unknown:
+            raise UNetBuildError(f"{cfg.folding_config_file}: node name(s) {unknown} are not in the graph "
+                                 f"(FINN's names after step_specialize_layers: {sorted(names)[:6]} ...)")
+        model = model.transform(ApplyConfig(cfg.folding_config_file))
+        report = {"folding_config_file": cfg.folding_config_file, "part": part,
+                  "resources": estimate_resources(model, part)}
+    else:
+        if not cfg.target_fps:
+            raise UNetBuildError("dataflow_build_config.json: give target_fps (frames per second) or folding_config_file")
+        cycles = 1e9 / cfg.synth_clk_period_ns / cfg.target_fps
+        report = {"target_fps": cfg.target_fps, "clock_mhz": 1e3 / cfg.synth_clk_period_ns,
+                  **fold_for_target(model, cycles, part)}
+    check_folding(model)
+    slowest = max(model.graph.node, key=lambda n: FoldingUnit([n], []).cycles())
+    report["max_cycles"] = FoldingUnit([slowest], []).cycles()
+    report["bottleneck"] = slowest.name
+    report["estimated_fps"] = 1e9 / cfg.synth_clk_period_ns / report["max_cycles"]
+    extract_model_config_to_json(model, str(Path(cfg.output_dir) / "folding_config.json"), ["PE", "SIMD"])
+    (Path(cfg.output_dir) / "report").mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output_dir) / "report" / "folding_report.json").write_text(json.dumps(report, indent=2))
+    return model
+
+
+# -------------------------------------------------------------------------------------------- verification
+def python_view(model):
+    """A copy of a specialized graph whose HLS/RTL layers run as their FINN base layers' Python models.
+
+    FINN's HLS/RTL classes execute only in cppsim/rtlsim (Vitis/Vivado); their base classes execute the same
+    layer, with the same weights, thresholds and datatypes, in numpy.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    view = ModelWrapper(copy.deepcopy(model.model))
+    for node in view.graph.node:
+        if node.domain.startswith(HW_DOMAIN + "."):
+            node.domain, node.op_type = HW_DOMAIN, _base_op(node)
+    return view
+
+
+def step_unet_verify_folded(model, cfg):
+    """Run the folded graph (FINN Python execution, host tail included) on every verification slice.
+
+    Saves the logits to ``<output_dir>/verification_output/folded_python_logits.npy`` and a summary to
+    ``folded_python.json``; fails if a mask pixel differs from the expected one (outside the band
+    ``|expected| <= verification_atol``) or a logit differs by more than ``verification_atol``.
+    """
+    from finn.util.test import execute_parent
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    if not cfg.verify_input_npy:
+        print("no verify_input_npy: skipping step_unet_verify_folded")
+        return model
+    inputs, expected = np.load(cfg.verify_input_npy), np.load(cfg.verify_expected_output_npy)
+    out_dir = Path(cfg.output_dir) / "verification_output"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parent_path = str(Path(cfg.output_dir) / "intermediate_models" / "dataflow_parent.onnx")
+    child_path = str(out_dir / "folded_dataflow_python.onnx")
+    python_view(model).save(child_path)
+    parent = ModelWrapper(parent_path)
+    channels_last = parent.get_tensor_shape(parent.graph.input[0].name)[-1] == inputs.shape[1]
+    logits = []
+    for i, x in enumerate(inputs):
+        x = x[None].transpose(0, 2, 3, 1) if channels_last else x[None]
+        logits.append(execute_parent(parent_path, child_path, x.astype(np.float32)))
+        print(f"folded graph: slice {i + 1}/{len(inputs)}", flush=True)
+    logits = np.concatenate(logits).reshape(expected.shape)
+    np.save(out_dir / "folded_python_logits.npy", logits)
+    atol = cfg.verification_atol
+    diff = np.abs(logits.astype(np.float64) - expected)
+    decided = np.abs(expected) > atol
+    summary = {"slices": int(len(inputs)), "max_abs_diff": float(diff.max()), "atol": atol,
+               "mask_mismatches": int(((logits > 0) != (expected > 0))[decided].sum()),
+               "ambiguous_pixels": int((~decided).sum()), "pixels": int(expected.size)}
+    summary["passed"] = summary["max_abs_diff"] <= atol and summary["mask_mismatches"] == 0
+    (out_dir / "folded_python.json").write_text(json.dumps(summary, indent=2))
+    print(f"folded graph vs expected logits: {summary}", flush=True)
+    if not summary["passed"]:
+        raise UNetBuildError(f"the folded hardware graph disagrees with the expected logits: {summary}")
+    return model
+
+
 UNET_STEPS = [
+    step_unet_check_model,
     "step_qonnx_to_finn",
     "step_tidy_up",
     step_unet_streamline,
     step_unet_channels_last,
     step_unet_convert_to_hw,
-    "step_create_dataflow_partition",
+    step_unet_dataflow_partition,
     "step_specialize_layers",
-    "step_apply_folding_config",
+    step_unet_folding,
     "step_minimize_bit_width",
+    "step_transpose_decomposition",
+    step_unet_verify_folded,
     "step_generate_estimate_reports",
     "step_hw_codegen",
-    "step_hw_ipgen",
-    "step_set_fifo_depths",
-    "step_create_stitched_ip",
-    "step_measure_rtlsim_performance",
-    "step_out_of_context_synthesis",
-    "step_synthesize_bitfile",
-    "step_make_pynq_driver",
-    "step_deployment_package",
+    *VIVADO_STEPS,
 ]
 
 
@@ -122,26 +534,73 @@ def step_name(step) -> str:
     return step if isinstance(step, str) else step.__name__
 
 
+def load_config(path: Path):
+    """The folder's ``DataflowBuildConfig`` with paths resolved and non-interactive settings forced."""
+    from finn.builder.build_dataflow_config import DataflowBuildConfig
+
+    cfg = DataflowBuildConfig.from_json(path.read_text())
+    for key in ("output_dir", "folding_config_file", "verify_input_npy", "verify_expected_output_npy"):
+        value = getattr(cfg, key, None)
+        if value and not Path(value).is_absolute():
+            setattr(cfg, key, str(path.parent / value))
+    if cfg.folding_config_file and not Path(cfg.folding_config_file).is_file():
+        raise UNetBuildError(f"{path}: folding_config_file {cfg.folding_config_file} not found")
+    resolve_part(cfg.board, None if cfg.board else cfg.fpga_part)
+    if not cfg.folding_config_file:
+        part_resources(cfg._resolve_fpga_part())
+    cfg.enable_build_pdb_debug = False  # a failing build must exit, not wait in pdb
+    cfg.save_intermediate_models = True  # the verification executes the saved parent model
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(HERE / "dataflow_build_config.json"), help="build config JSON")
     parser.add_argument("--model", default=str(HERE / "model.onnx"), help="QONNX model")
-    parser.add_argument("--steps-until", default=None, help="stop after this step (e.g. step_generate_estimate_reports)")
+    names = [step_name(s) for s in UNET_STEPS]
+    parser.add_argument("--steps-until", default=None, choices=names, metavar="STEP",
+                        help="stop after this step (step_hw_codegen: the last one without Vivado)")
     args = parser.parse_args(argv)
 
     from finn.builder.build_dataflow import build_dataflow_cfg
-    from finn.builder.build_dataflow_config import DataflowBuildConfig
 
-    cfg = DataflowBuildConfig.from_json(Path(args.config).read_text())
-    names = [step_name(s) for s in UNET_STEPS]
-    last = names.index(args.steps_until) + 1 if args.steps_until else len(UNET_STEPS)
-    cfg.steps = UNET_STEPS[:last]
-    # paths in the config are relative to this folder
-    for key in ("output_dir", "folding_config_file", "verify_input_npy", "verify_expected_output_npy"):
-        value = getattr(cfg, key, None)
-        if value and not Path(value).is_absolute():
-            setattr(cfg, key, str(HERE / value))
-    return build_dataflow_cfg(args.model, cfg)
+    try:
+        cfg = load_config(Path(args.config))
+    except UNetBuildError as e:
+        print(f"build.py: {e}", file=sys.stderr)
+        return 2
+    cfg.steps = UNET_STEPS[: names.index(args.steps_until) + 1 if args.steps_until else len(UNET_STEPS)]
+    status_path = Path(cfg.output_dir) / "build_status.json"
+    status_path.parent.mkdir(parents=True, exist_ok=True)
+    status_path.write_text(json.dumps({"status": "running"}))
+    error = {}
+
+    def record_errors(step):
+        def run(model, cfg):
+            try:
+                return step(model, cfg)
+            except Exception as e:
+                error.update(step=step_name(step), error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+                raise
+        run.__name__ = step_name(step)
+        return run
+
+    from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
+
+    # generated HLS/RTL code goes into the output folder unless FINN's container says otherwise
+    os.environ.setdefault("FINN_BUILD_DIR", str(Path(cfg.output_dir) / "codegen"))
+    Path(os.environ["FINN_BUILD_DIR"]).mkdir(parents=True, exist_ok=True)
+
+    cfg.steps = [record_errors(build_dataflow_step_lookup[s] if isinstance(s, str) else s) for s in cfg.steps]
+    rc = build_dataflow_cfg(args.model, cfg)
+    status = {"status": "ok" if rc == 0 else "failed", "steps": [s.__name__ for s in cfg.steps], **error}
+    status_path.write_text(json.dumps(status, indent=2))
+    if rc != 0:
+        print(f"build.py: FAILED in {error.get('step', '?')}: {error.get('error', 'see build_dataflow.log')}",
+              file=sys.stderr)
+        return 1
+    print(f"build.py: completed {len(cfg.steps)} steps; outputs in {cfg.output_dir}")
+    return 0
 
 
 if __name__ == "__main__":
