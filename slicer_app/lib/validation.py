@@ -308,14 +308,15 @@ def check_train_params(params: Any, config: Mapping[str, Any], extra: Mapping[st
     p = dict(params)
     ints = {"max_epochs": (1, 1000), "train_batch_size": (1, 256), "val_batch_size": (1, 256),
             "early_stop_patience": (-1, 1000), "num_samples": (1, 256)}
-    floats = {"val_split": (0.0, 0.9), "learning_rate": (1e-9, 1.0), "bit_learning_rate": (0.0, 1.0)}
+    floats = {"val_split": (0.0, 0.9), "learning_rate": (1e-9, 1.0), "bit_learning_rate": (0.0, 1.0),
+              "min_dice_gain": (0.0, 1.0)}
     for key, (low, high) in ints.items():
         if key in p:
             p[key] = _number(p[key], key, int, low, high)
     for key, (low, high) in floats.items():
         if key in p:
             p[key] = _number(p[key], key, float, low, high)
-    for key in ("freeze_bit_widths", "pretrained", "multi_gpu", "publish_without_holdout"):
+    for key in ("freeze_bit_widths", "freeze_batch_norm", "pretrained", "multi_gpu", "publish_without_holdout"):
         if key in p:
             p[key] = _bool(p[key], key)
     for key in ("dataset", "dataloader", "tracking"):
