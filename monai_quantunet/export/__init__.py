@@ -12,12 +12,15 @@ from monai_quantunet.export.core import (
     load_checkpoint,
 )
 from monai_quantunet.export.cost import CostReport, LayerCost, cost_report
+from monai_quantunet.export.finn_toolchain import FinnBuildError, FinnToolchain
 from monai_quantunet.export.qcdq import OnnxSliceNetwork, onnx_network
 from monai_quantunet.export.verify import ExportVerificationError
 
 __all__ = [
     "ExportResult",
     "ExportVerificationError",
+    "FinnBuildError",
+    "FinnToolchain",
     "CostReport",
     "LayerCost",
     "OnnxSliceNetwork",

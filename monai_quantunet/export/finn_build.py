@@ -376,6 +376,8 @@ def fold_for_target(model, target_cycles: float, part: str, max_utilization: flo
     return {
         "target_cycles": target_cycles,
         "target_met": bool(met and chosen == target_cycles),
+        "fastest_cycles": floor_cycles,  # the slowest layer at full parallelism: the fastest reachable design
+        "fastest_cycles_node": floor_node,
         "folded_for_cycles": chosen,
         "resources": resources,
         "budget": budget,

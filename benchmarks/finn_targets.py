@@ -1,0 +1,173 @@
+"""FINN's flow on the shipped QuantU-Net, per wearable-class FPGA: folding, FINN's estimates, verification.
+
+1. Exports the shipped checkpoint with every slice of the first validation volume as verification input, runs
+   its FINN folder in place to ``step_hw_codegen`` at the export's default target (30 slices/s at 100 MHz on a
+   Pynq-Z1, Zynq-7020) and compares the folded hardware graph's logits (FINN Python execution, host tail
+   included) with PyTorch on the whole volume.
+2. For each target board, folds the same model for the fastest design within 80% of the part's resources
+   (FINN's estimates), to the estimate reports.
+
+Writes ``benchmarks/results/finn_targets.json`` and prints the table; ``--update-docs`` writes it into the
+bundle docs (block ``finn``); ``--from-json`` only re-renders the table:
+
+    python benchmarks/finn_targets.py --finn .finn --dataset-dir ../shared/data/lgg_flair --update-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from machine import describe, machine_info
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
+RESULTS = REPO / "benchmarks" / "results" / "finn_targets.json"
+TARGETS = {"Pynq-Z1": "Zynq-7020", "Ultra96-V2": "Zynq UltraScale+ ZU3EG", "KV260_SOM": "Kria K26"}
+VOLUME_SLICES = 40  # latency is reported for a 40-slice volume
+DEVICE_SLICES = 4  # verification slices of the per-device runs (the default run verifies the whole volume)
+
+
+def export_shipped(out: Path, dataset_dir: str | None, checkpoint: Path):
+    from monai_quantunet.export import example_slices, export_model
+    from monai_quantunet.export.cli import network_from_config
+
+    network, parser = network_from_config(BUNDLE / "configs" / "train.json")
+    slices, source = example_slices(dataset_dir, parser.get_parsed_content("spatial_size"), whole_volume=True)
+    print(f"verification input: {source}")
+    result = export_model(network, out, slices, checkpoint=checkpoint, qonnx_inference_cost=False, verbose=False)
+    with torch.no_grad():
+        reference = network.eval()(slices).numpy()
+    return result, reference, source
+
+
+def build(finn, folder: Path, steps_until: str) -> tuple[dict, float]:
+    start = time.perf_counter()
+    finn.run_build(folder, steps_until)
+    seconds = time.perf_counter() - start
+    report = folder / "output" / "report"
+    return {
+        "folding": json.loads((report / "folding_report.json").read_text()),
+        "performance": json.loads((report / "estimate_network_performance.json").read_text()),
+        "time_per_step_s": json.loads((folder / "output" / "time_per_step.json").read_text()),
+    }, seconds
+
+
+def row(name: str, device: str, run: dict) -> dict:
+    """Table row from a build: slices/s and a 40-slice volume's latency at the clock, resources and shares."""
+    folding, perf = run["folding"], run["performance"]
+    clock_hz = folding["clock_mhz"] * 1e6
+    volume_s = ((VOLUME_SLICES - 1) * perf["max_cycles"] + perf["critical_path_cycles"]) / clock_hz
+    available = {r: b / folding["max_utilization"] for r, b in folding["budget"].items()}
+    return {
+        "name": name, "device": device, "part": folding["part"], "target_fps": folding["target_fps"],
+        "target_met": folding["target_met"], "fps": perf["estimated_throughput_fps"], "volume_latency_s": volume_s,
+        "bottleneck": perf["max_cycles_node_name"], "resources": folding["resources"], "available": available,
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"FINN `dev` {results['finn']} / qonnx {results['qonnx']}, FINN's own estimate reports (no synthesis), shipped "
+        f"`models/model.pt`, 128 x 128 slices, {results['clock_mhz']:g} MHz, folding within "
+        f"{results['max_utilization']:.0%} of each resource (`build.py`'s `step_unet_folding`). Machine: "
+        f"{results['machine']}. `python benchmarks/finn_targets.py --finn .finn --update-docs` "
+        f"({results['total_minutes']:.0f} min).",
+        "",
+        "| target | part | folding | est. slices/s | 40-slice volume | LUT | BRAM18 | URAM | DSP |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["rows"]:
+        folding = f"{r['target_fps']:g} slices/s" if r["target_met"] else f"fastest within budget"
+        cells = []
+        for res in ("LUT", "BRAM_18K", "URAM", "DSP"):
+            used, avail = r["resources"][res], r["available"][res]
+            cells.append(f"{used:,.0f} ({100 * used / avail:.0f}%)" if avail else f"{used:,.0f} (-)")
+        lines.append(f"| {r['name']} ({r['device']}) | `{r['part']}` | {folding} | {r['fps']:.1f} | "
+                     f"{r['volume_latency_s']:.2f} s | " + " | ".join(cells) + " |")
+    v = results["verification"]
+    lines += ["", f"Default export (Pynq-Z1, 30 slices/s) built to `step_hw_codegen` in {results['codegen_minutes']:.1f} "
+              f"min, every layer a FINN hardware layer ({results['hw_layers']} layers; host: "
+              f"{' → '.join(results['host_ops'])}). Folded hardware graph vs PyTorch on {v['num_slices']} slices "
+              f"({results['verification_source']}): max |logit difference| {v['max_abs_diff']:.2g}, "
+              f"{v['mask_mismatches']} mask pixels differ of {v['pixels']:,}."]
+    return "\n".join(lines) + "\n"
+
+
+def run(finn_folder: str | None, dataset_dir: str | None, checkpoint: Path) -> dict:
+    import onnx
+
+    from monai_quantunet.export.finn import FINN_COMMIT, QONNX_COMMIT
+    from monai_quantunet.export.finn_toolchain import FinnToolchain
+    from monai_quantunet.export.verify import compare_logits
+
+    finn = FinnToolchain.find(finn_folder)
+    if finn is None:
+        sys.exit("no FINN toolchain: pass --finn DIR or set $FINN_TOOLCHAIN (bash scripts/install_finn.sh)")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        result, reference, source = export_shipped(Path(tmp) / "export", dataset_dir, checkpoint)
+        default, codegen_s = build(finn, result.finn_dir, "step_hw_codegen")
+        output = result.finn_dir / "output"
+        logits = np.load(output / "verification_output" / "folded_python_logits.npy")
+        verification = compare_logits(reference, logits, atol=1e-4)
+        graph = onnx.load(output / "intermediate_models" / "step_hw_codegen.onnx").graph
+        host = json.loads((output / "host_tail.json").read_text())["host_ops"]
+        rows = [row("default export", TARGETS["Pynq-Z1"], default)]
+        for board, device in TARGETS.items():
+            folder = Path(shutil.copytree(result.finn_dir, Path(tmp) / board, ignore=shutil.ignore_patterns("output")))
+            np.save(folder / "input.npy", np.load(folder / "input.npy")[:DEVICE_SLICES])
+            np.save(folder / "expected_output.npy", np.load(folder / "expected_output.npy")[:DEVICE_SLICES])
+            cfg = json.loads((folder / "dataflow_build_config.json").read_text())
+            # the fastest reachable design as target: the folding backs off to the fastest one within budget
+            fastest_fps = 1e9 / cfg["synth_clk_period_ns"] / default["folding"]["fastest_cycles"]
+            cfg.update(board=board, target_fps=int(fastest_fps))
+            (folder / "dataflow_build_config.json").write_text(json.dumps(cfg, indent=2))
+            print(f"{board}: folding for the fastest design within budget")
+            rows.append(row(board, device, build(finn, folder, "step_generate_estimate_reports")[0]))
+            print(json.dumps(rows[-1]))
+    return {
+        "finn": FINN_COMMIT, "qonnx": QONNX_COMMIT, "machine": describe(machine_info()),
+        "clock_mhz": default["folding"]["clock_mhz"], "max_utilization": default["folding"]["max_utilization"],
+        "rows": rows, "default_run": default, "verification": verification, "verification_source": source,
+        "hw_layers": len(graph.node), "host_ops": [op["op"] for op in host],
+        "codegen_minutes": codegen_s / 60, "total_minutes": (time.perf_counter() - start) / 60,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--finn", default=None, help="FINN toolchain folder (default: $FINN_TOOLCHAIN)")
+    parser.add_argument("--dataset-dir", default=None, help="dataset with dataset.json (validation volume)")
+    parser.add_argument("--checkpoint", default=str(BUNDLE / "models" / "model.pt"))
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--from-json", action="store_true", help="only render --out's table")
+    parser.add_argument("--update-docs", action="store_true", help="write the table into the bundle docs")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.from_json:
+        results = json.loads(out.read_text())
+    else:
+        results = run(args.finn, args.dataset_dir, Path(args.checkpoint))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    print(table)
+    if args.update_docs:
+        from update_docs import BUNDLE_DOCS, replace_block
+
+        readme = BUNDLE_DOCS / "README.md"
+        readme.write_text(replace_block(readme.read_text(), "finn", table, str(readme)))
+        print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()
