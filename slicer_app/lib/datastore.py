@@ -129,14 +129,45 @@ class StudiesDatastore(LocalDatastore):
         check_label_tag(label_tag)
         return super().get_label_info(label_id, label_tag)
 
-    def datalist(self, full_path=True) -> List[Dict[str, Any]]:
-        """Training pairs: only images and final labels whose files resolve inside the studies folder."""
+    def _usable(self, ids: List[str]) -> List[str]:
+        """Ids that follow the naming rule and whose file resolves inside the studies folder (other files stay in
+        the folder, unused)."""
         out = []
-        for item in super().datalist(full_path=True):
+        for image_id in ids:
+            obj = self._datastore.objects.get(image_id)
             try:
-                out.append({k: self._inside(v, k) for k, v in item.items()})
+                check_image_id(image_id)
+                if obj:
+                    self._image_file(image_id, obj.image.ext)
+            except RequestError:
+                continue
+            out.append(image_id)
+        return out
+
+    def list_images(self) -> List[str]:
+        return self._usable(super().list_images())
+
+    def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        return self._usable(super().get_labeled_images(label_tag, labels))
+
+    def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        return self._usable(super().get_unlabeled_images(label_tag, labels))
+
+    def datalist(self, full_path=True) -> List[Dict[str, Any]]:
+        """Training pairs (absolute paths): images with a final label, both named by the rules and resolving
+        inside the studies folder."""
+        out = []
+        for image_id, obj in list(self._datastore.objects.items()):
+            label = obj.labels.get(FINAL)
+            if not label:
+                continue
+            try:
+                check_image_id(image_id)
+                pair = {"image": self._image_file(image_id, obj.image.ext), "label": self._label_file(image_id, FINAL, label.ext)}
             except RequestError as e:
-                logger.warning(f"datalist: skipping {item}: {e.message}")
+                logger.warning(f"datalist: skipping {image_id!r}: {e.message}")
+                continue
+            out.append(pair)
         return out
 
     # ---- images ---------------------------------------------------------------------------------------------
