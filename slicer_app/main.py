@@ -163,6 +163,17 @@ class QuantUNetApp(MONAILabelApp):
     def train_models(self):
         return set(self._trainers)
 
+    def scoring_methods(self):
+        return set(self._scoring_methods)
+
+    def validate_infer_params(self, model, params) -> None:
+        """Infer parameters (result format, clicks and their number, save_label tag, options) of ``model``."""
+        if not isinstance(model, str) or model not in self._infers:
+            raise RequestError(404, f"unknown model {str(model)[:80]!r}; available: {sorted(self._infers)}")
+        task = self._infers[model]
+        takes_clicks = task.type in (InferType.DEEPEDIT, InferType.DEEPGROW)
+        check_infer_params({**params, "model": model}, takes_clicks, task.labels, self.limits)
+
     def register_upload(self, path: str, background_tasks) -> str:
         """A volume uploaded with an infer request (a private temporary file): the only path, besides datastore
         ids, that inference accepts. Forgotten once the answer is sent."""
@@ -205,9 +216,7 @@ class QuantUNetApp(MONAILabelApp):
         else:
             path = ds.image_path_checked(check_image_id(image))
             self._checked_volume(path, f"image {image!r}")
-        task = self._infers[model]
-        takes_clicks = task.type in (InferType.DEEPEDIT, InferType.DEEPGROW)
-        check_infer_params(request, takes_clicks, task.labels, self.limits)
+        self.validate_infer_params(model, request)
         try:
             return super().infer(request, ds)
         except HTTPException:

@@ -404,3 +404,32 @@ def test_active_learning_bad_requests(env):
     r = call(env, "POST", "/activelearning/first", 200, json_body={})
     labeled = {p.name.split(".")[0] for p in (env.studies / "labels" / "final").iterdir()}
     assert r.json()["id"] not in labeled and (env.studies / f"{r.json()['id']}.nii.gz").is_file()
+
+
+# ---- batch inference, scoring, model files ----------------------------------------------------------------------
+def test_batch_scoring_and_model_files(env, tmp_path):
+    call(env, "POST", "/batch/infer/nosuch", 404, json_body={})
+    call(env, "POST", "/batch/infer/segmentation", 403, json_body={"save_label": True, "label_tag": "final"})
+    call(env, "POST", "/batch/infer/segmentation", 422, json_body={"save_label": True, "label_tag": "../../escape_tag"})
+    call(env, "POST", "/batch/infer/segmentation", 422, json_body={"foreground": [[1, 1, 1]]})
+    call(env, "POST", "/batch/infer/segmentation", 422, params={"run_sync": "true"}, json_body={})
+    assert requests.get(f"{env.url}/batch/infer", timeout=30).status_code == 404  # nothing was queued
+    call(env, "POST", "/scoring/nosuch", 404, json_body={})
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"not a checkpoint")
+    call(env, "PUT", "/model/segmentation", 403, files={"file": ("model.pt", fake)})
+    call(env, "PUT", "/model/nosuch", 404, files={"file": ("model.pt", fake)})
+    call(env, "DELETE", "/model/segmentation", 403)
+    call(env, "GET", "/model/nosuch", 404)
+
+
+def test_upload_file_names_are_not_paths(env, tmp_path):
+    """The multipart file name only gives the extension (and, without ?image=, the id): never a path."""
+    image, label = synthetic_case(4)
+    src = volume(tmp_path, "up.nii.gz", image, direction=DIRECTION)
+    call(env, "POST", "/infer/segmentation", 200, files={"file": ("../../../escape_infer.nii.gz", src)})
+    call(env, "PUT", "/datastore/image", 422, files={"file": ("../../", src)})
+    lab = volume(tmp_path, "lab.nii.gz", label, direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 200, params={"image": "case4", "tag": "reviewed"},
+         files={"label": ("../../../../escape_label.nii.gz", lab)})
+    assert (env.studies / "labels" / "reviewed" / "case4.nii.gz").read_bytes() == lab.read_bytes()

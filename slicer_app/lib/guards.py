@@ -13,7 +13,10 @@ Label's routes. Routes guarded:
   file extension, ``params`` a JSON object, then :class:`~lib.datastore.StudiesDatastore`;
 * ``PUT /datastore/image/info``, ``PUT /datastore/label/info``, ``PUT /datastore/updatelabelinfo``: JSON objects;
 * ``POST /train/{model}`` and ``POST /train/``: the app's :meth:`validate_train_request` before anything is
-  queued.
+  queued; ``POST /batch/infer/{model}`` and ``POST /scoring/{method}``: model/method and parameters before
+  anything is queued;
+* ``PUT`` / ``DELETE /model/{model}``: refused (403): the served checkpoint changes only through training runs
+  that pass the publish rule.
 """
 
 from __future__ import annotations
@@ -227,6 +230,43 @@ def build_router(app) -> APIRouter:
             raise RequestError(404, f"unknown model(s) {unknown} to train; available: {sorted(app.train_models())}")
         return train_endpoints.run(params, False)
 
+    # ---- batch inference, scoring, model files --------------------------------------------------------------
+    from monailabel.endpoints import batch_infer as batch_endpoints
+    from monailabel.endpoints import scoring as scoring_endpoints
+
+    @router.post(api + "/batch/infer/{model}", include_in_schema=False)
+    async def batch_infer(
+        request: Request,
+        model: str,
+        images: Optional[batch_endpoints.BatchInferImageType] = batch_endpoints.BatchInferImageType.IMAGES_ALL,
+        run_sync: Optional[bool] = False,
+        user: User = admin_role,
+    ):
+        if run_sync:
+            raise RequestError(422, "run_sync: batch inference runs in the background on this server; omit run_sync")
+        body = await request.body()
+        params = parse_json_object(body, "batch params (request body)") if body else {}
+        app.validate_infer_params(model, params)
+        return batch_endpoints.run(model, images, params, False)
+
+    @router.post(api + "/scoring/{method}", include_in_schema=False)
+    async def scoring(request: Request, method: str, run_sync: Optional[bool] = False, user: User = annotator_role):
+        if method not in app.scoring_methods():
+            raise RequestError(404, f"unknown scoring method {method[:80]!r}; available: {sorted(app.scoring_methods())}")
+        body = await request.body()
+        params = parse_json_object(body, "scoring params (request body)") if body else {}
+        return scoring_endpoints.run_method(method, params, run_sync)
+
+    async def model_file_refused(model: str, user: User = admin_role):
+        if model not in app.infer_models():
+            raise RequestError(404, f"unknown model {model[:80]!r}; available: {sorted(app.infer_models())}")
+        raise RequestError(
+            403,
+            f"model {model!r}: the served checkpoint is replaced only by a training run that passes the publish rule "
+            "(see the train status); manage the files in the server's model_dir directly",
+        )
+
+    router.add_api_route(api + "/model/{model}", model_file_refused, methods=["PUT", "DELETE"], include_in_schema=False)
     return router
 
 
