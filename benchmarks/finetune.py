@@ -10,8 +10,8 @@ and BatchNorm learning, the app's settings before issue 12), all under the same 
 The k volumes are copied into a temporary studies folder (outside the repository); nothing is written under the
 data folder. Writes JSON (default ``benchmarks/results/finetune.json``) and prints a Markdown table.
 
-    python benchmarks/finetune.py --dataset-dir ../shared/data/lgg_flair --ks 1 3 5 --epochs 10 \
-        --settings default previous lr1e-4
+    python benchmarks/finetune.py --dataset-dir ../shared/data/lgg_flair --ks 1 3 5 10 --epochs 10 \
+        --settings default previous lr1e-4 bn_learning
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ SETTINGS = {
     "default": {},  # the app's fine-tuning defaults (lib/configs/common.py)
     "previous": {"learning_rate": "0.001", "freeze_bit_widths": "false", "freeze_batch_norm": "false"},  # before issue 12
     "lr1e-4": {"learning_rate": "0.0001"},
-    "bn_frozen": {"freeze_batch_norm": "true"},
+    "bn_learning": {"freeze_batch_norm": "false"},
 }
 
 
@@ -98,7 +98,7 @@ def finetune(labeled: list[dict], setting: dict, workdir: Path, epochs: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", default=str(SHARED_LGG_FLAIR))
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5, 10])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--settings", nargs="+", default=["default", "previous"], choices=list(SETTINGS))
     parser.add_argument("--seed", type=int, default=0)
@@ -162,15 +162,18 @@ def main() -> None:
 
 def table(result: dict) -> str:
     lines = [
-        f"| k labeled | settings | held out | published | served Dice before → after | candidate Dice (final weights) |",
-        "| ---: | --- | ---: | --- | --- | --- |",
+        "| k labeled | fine-tuning settings | held out | held-out Dice served → best | published | "
+        "served Dice before → after | candidate Dice (final weights) |",
+        "| ---: | --- | ---: | --- | --- | --- | --- |",
     ]
     for r in result["runs"]:
         settings = (f"lr {r['learning_rate']:g}, bits {'frozen' if r['freeze_bit_widths'] else 'learning'}, "
                     f"BN {'frozen' if r['freeze_batch_norm'] else 'learning'}")
         cand = f"{r['candidate_dice']:.3f} (worst volume {r['candidate_worst_volume_change']:+.3f})" if r["candidate_dice"] is not None else "-"
+        held = (f"{r['baseline_val_dice']:.3f} → {r['best_val_dice']:.3f}" if r["baseline_val_dice"] is not None
+                and r["best_val_dice"] is not None else "-")
         lines.append(
-            f"| {r['k']} | {settings} | {r['holdout_volumes']} | {'yes' if r['published'] else 'no'} | "
+            f"| {r['k']} | {settings} | {r['holdout_volumes']} | {held} | {'yes' if r['published'] else 'no'} | "
             f"{r['served_dice_before']:.3f} → {r['served_dice_after']:.3f} | {cand} |"
         )
     return "\n".join(lines)

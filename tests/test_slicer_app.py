@@ -178,8 +178,10 @@ def test_train_one_epoch(client, server, model):
     assert "mean_weight_bits" in stats["bit_widths"]
     details = "\n".join(status.get("details", []))
     assert "weight bits" in details  # QuantUNetStatsHandler line
-    # at least 2 labeled volumes: at least one held out, never trained on
+    # at least 2 labeled volumes: at least one held out, never trained on; fewer than 2 held out: not published
     assert stats["holdout_volumes"] >= 1 and stats["holdout_volumes"] + stats["train_volumes"] == len(labels_before)
+    if stats["holdout_volumes"] < 2:
+        assert not stats["published"] and "min_holdout_volumes=2" in stats["publish_reason"]
     assert "PUBLISH: " in details
     if stats["published"]:
         assert (server.workdir / "model" / f"{model}.pt").exists()
@@ -204,7 +206,7 @@ def test_train_without_holdout_does_not_publish_unless_asked(workdir):
         c.train_start("segmentation", {"max_epochs": 1, "dataset": "Dataset"})
         status = _wait_training(c)
         assert status["status"] == "DONE", "\n".join(status.get("details", []))
-        assert "not published: no held-out labeled volume" in "\n".join(status.get("details", []))
+        assert "not published: 0 held-out labeled volume(s) of 1" in "\n".join(status.get("details", []))
         stats = json.loads((root / "model" / "segmentation" / "train_stats.json").read_text())
         assert stats["published"] is False and stats["holdout_volumes"] == 0 and stats["baseline_val_dice"] is None
         assert not published.exists()

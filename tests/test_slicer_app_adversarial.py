@@ -357,6 +357,14 @@ def test_label_for_unknown_image(env, tmp_path):
 
 
 # ---- deletes ----------------------------------------------------------------------------------------------------
+def test_info_of_unknown_or_traversal_ids(env):
+    call(env, "GET", "/datastore/image/info", 404, params={"image": "nosuch"})
+    call(env, "GET", "/datastore/image/info", 422, params={"image": "../escape_img"})
+    call(env, "GET", "/datastore/label/info", 404, params={"label": "case4", "tag": "final"})
+    call(env, "GET", "/datastore/label/info", 422, params={"label": "case0", "tag": "../final"})
+    assert call(env, "GET", "/datastore/image/info", 200, params={"image": "case0"}).json()["path"].startswith(str(env.studies))
+
+
 def test_deletes(env):
     call(env, "DELETE", "/datastore/image", 404, params={"id": "nosuch"}, text="not found")
     call(env, "DELETE", "/datastore/image", 409, params={"id": "case0"}, text="final label")

@@ -115,7 +115,7 @@ class StudiesDatastore(LocalDatastore):
         return self._require_image(image_id)
 
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
-        check_image_id(image_id)
+        self._require_image(image_id)
         return super().get_image_info(image_id)
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
@@ -127,6 +127,8 @@ class StudiesDatastore(LocalDatastore):
     def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
         check_image_id(label_id, "label id")
         check_label_tag(label_tag)
+        if not self._datastore.label(label_id, label_tag):
+            raise RequestError(404, f"label {label_tag}/{label_id} not found")
         return super().get_label_info(label_id, label_tag)
 
     def _usable(self, ids: List[str]) -> List[str]:

@@ -307,7 +307,7 @@ def check_train_params(params: Any, config: Mapping[str, Any], extra: Mapping[st
         raise RequestError(422, f"train params: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
     p = dict(params)
     ints = {"max_epochs": (1, 1000), "train_batch_size": (1, 256), "val_batch_size": (1, 256),
-            "early_stop_patience": (-1, 1000), "num_samples": (1, 256)}
+            "early_stop_patience": (-1, 1000), "num_samples": (1, 256), "min_holdout_volumes": (1, 1000)}
     floats = {"val_split": (0.0, 0.9), "learning_rate": (1e-9, 1.0), "bit_learning_rate": (0.0, 1.0),
               "min_dice_gain": (0.0, 1.0)}
     for key, (low, high) in ints.items():

@@ -18,7 +18,8 @@ APP_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = APP_DIR.parent / "bundles" / "quantunet_brain_tumor_seg"
 LABELS = {"tumor": 1}
 # Fine-tuning on a few user labels starts from a trained model: 1/100 of the bundle's from-scratch learning rate
-# (1e-3) and frozen bit widths by default keep what the shipped model knows (measured: benchmarks/finetune.py).
+# (1e-3), frozen bit widths and frozen BatchNorm statistics by default keep what the shipped model knows
+# (measured: benchmarks/finetune.py).
 FINETUNE_LEARNING_RATE = 1e-5
 
 
@@ -92,7 +93,7 @@ class QuantUNetTaskConfig(TaskConfig):
             learning_rate=float(self.conf.get("learning_rate", FINETUNE_LEARNING_RATE)),
             bit_learning_rate=float(self.conf.get("bit_learning_rate", s["bit_learning_rate"])),
             freeze_bit_widths=strtobool(self.conf.get("freeze_bit_widths", "true")),
-            freeze_batch_norm=strtobool(self.conf.get("freeze_batch_norm", "false")),
+            freeze_batch_norm=strtobool(self.conf.get("freeze_batch_norm", "true")),
             num_samples=int(self.conf.get("num_samples", 8)),
             labels=self.labels,
         )

@@ -3,7 +3,7 @@
 * network: the bundle's ``network_def``, initialised from the served checkpoint (trained, else shipped);
 * loss: ``QuantUNetLoss`` (BCE + Dice + lambda * bits); optimizer: ``make_optimizer`` (bit widths in their own
   group), or bit widths frozen (``--conf freeze_bit_widths true`` or request ``freeze_bit_widths``);
-  BatchNorm statistics and affine parameters optionally frozen (``freeze_batch_norm``, default false);
+  BatchNorm statistics and affine parameters frozen (``freeze_batch_norm``, default true);
 * progress: MONAI's StatsHandler lines plus ``QuantUNetStatsHandler`` (per-epoch loss parts, val Dice, mean and
   per-layer bit widths in ``<model_dir>/<name>/<run>/bit_widths.json``), visible in ``/train`` details and logs;
 * validation only on held-out labeled volumes (never trained on): with ``n >= 2`` labeled volumes,
@@ -12,8 +12,10 @@
   this run beats the Dice of the model being served on the same volumes (measured before training) by at least
   ``min_dice_gain`` (default 0.01: gains below it are within the noise of one or two held-out volumes, and
   ``benchmarks/finetune.py`` measured such "gains" lowering the Dice on unlabeled volumes).
-  With fewer than 2 labeled volumes nothing can be held out: the run trains (the checkpoints stay in the run
-  folder) but does not publish, unless the request sets ``publish_without_holdout: true``. The train status
+  With fewer than ``min_holdout_volumes`` (default 2) held-out volumes (with ``val_split`` 0.2: fewer than 8
+  labeled volumes) the run trains (the checkpoints stay in the run folder) but does not publish, unless the
+  request sets ``publish_without_holdout: true``: one held-out volume was measured to be no guide (a run that
+  gained on it lost Dice on the unlabeled volumes, ``benchmarks/finetune.py``). The train status
   and ``train_stats.json`` say which happened and why (``published``, ``publish_reason``).
   Labels and images are only read.
 """
@@ -60,7 +62,7 @@ class QuantUNetTrainTask(BasicTrainTask):
         learning_rate: float = 1e-4,
         bit_learning_rate: float = 1e-2,
         freeze_bit_widths: bool = False,
-        freeze_batch_norm: bool = False,
+        freeze_batch_norm: bool = True,
         num_samples: int = 8,
         description: str = "Fine-tune QuantU-Net",
         labels=None,
@@ -84,6 +86,7 @@ class QuantUNetTrainTask(BasicTrainTask):
             "freeze_batch_norm": freeze_batch_norm,
             "publish_without_holdout": False,  # see the module docstring
             "min_dice_gain": 0.01,  # held-out mean Dice gain needed to publish
+            "min_holdout_volumes": 2,  # held-out volumes needed to publish
             "multi_gpu": False,
             "dataset": ["CacheDataset", "Dataset"],
             "dataloader": ["DataLoader", "ThreadDataLoader"],
@@ -114,18 +117,14 @@ class QuantUNetTrainTask(BasicTrainTask):
 
     def partition_datalist(self, context: Context, shuffle=False):
         """Held-out validation volumes, never trained on (see the module docstring)."""
-        items = sorted(context.datalist, key=lambda d: d["image"])
-        n = len(items)
-        if n < 2:
+        train, val = holdout_split(context.datalist, float(context.request.get("val_split", 0.2)))
+        if not val:
             logger.warning(
-                f"only {n} labeled volume(s): nothing can be held out for validation; this run trains but does not "
-                "publish unless publish_without_holdout is true"
+                f"only {len(train)} labeled volume(s): nothing can be held out for validation; this run trains but "
+                "does not publish unless publish_without_holdout is true"
             )
-            return items, []
-        n_val = min(n - 1, max(1, int(round(float(context.request.get("val_split", 0.2)) * n))))
-        random.Random(0).shuffle(items)
-        val, train = items[:n_val], items[n_val:]
-        logger.info(f"{len(train)} labeled volume(s) to train on, {len(val)} held out for validation")
+        else:
+            logger.info(f"{len(train)} labeled volume(s) to train on, {len(val)} held out for validation")
         return train, val
 
     # ---- model -----------------------------------------------------------------------------------------------
@@ -231,9 +230,9 @@ class QuantUNetTrainTask(BasicTrainTask):
 class GuardedPublisher(PublishStatsAndModel):
     """Writes train stats every epoch (as MONAI Label's publisher) and publishes:
 
-    * with held-out volumes: this run's best checkpoint, when its held-out Dice is at least ``min_dice_gain``
-      above the served model's Dice on the same volumes (measured before training);
-    * without: nothing, unless the request sets ``publish_without_holdout`` (then the final weights)."""
+    * with at least ``min_holdout_volumes`` held-out volumes: this run's best checkpoint, when its held-out Dice
+      is at least ``min_dice_gain`` above the served model's Dice on the same volumes (measured before training);
+    * with fewer: nothing, unless the request sets ``publish_without_holdout`` (then the final weights)."""
 
     def __init__(self, stats_path, publish_path, key_metric_filename, context):
         super().__init__(
@@ -246,34 +245,26 @@ class GuardedPublisher(PublishStatsAndModel):
         self.holdout = len(context.val_datalist or [])
         self.force = _truthy(context.request.get("publish_without_holdout", False))
         self.min_gain = float(context.request.get("min_dice_gain", 0.01))
-        if self.holdout:
-            self.reason = "training not finished"
-        else:
-            self.reason = (
-                f"not published: no held-out labeled volume to validate on ({len(context.train_datalist or [])} "
-                "labeled volume(s); at least 2 are needed), served model unchanged; set publish_without_holdout "
-                "to publish anyway"
-            )
+        self.min_holdout = int(context.request.get("min_holdout_volumes", 2))
+        self.enough = self.holdout >= max(1, self.min_holdout)
+        n = self.holdout + len(context.train_datalist or [])
+        _, self.reason = publish_decision(self.holdout, self.min_holdout, None, None, self.min_gain)
+        if not self.enough:
+            self.reason = self.reason.replace("volume(s),", f"volume(s) of {n},", 1)
 
     def iteration_completed(self):
         stats = super().iteration_completed()
-        if self.holdout:
-            best = self.evaluator.state.best_metric
-            baseline = self.context.baseline_dice
+        if self.enough:
             best_file = os.path.join(self.output_dir, self._key_metric_filename)
             fresh = os.path.isfile(best_file) and os.path.getmtime(best_file) >= self.start_ts - 1
-            if fresh and baseline is not None and best is not None and best >= baseline + self.min_gain:
+            best = self.evaluator.state.best_metric if fresh else None
+            publish, reason = publish_decision(self.holdout, self.min_holdout, self.context.baseline_dice, best, self.min_gain)
+            if publish:  # the best file holds the best epoch so far: (re)publish it
                 atomic_copy(best_file, self.guarded_publish_path)
-                self.published = True
-                self.reason = (
-                    f"published: held-out Dice {best:.4f} >= served model's {baseline:.4f} + min_dice_gain {self.min_gain}"
-                )
-                logger.info(f"published {best_file} => {self.guarded_publish_path} ({self.reason})")
-            elif not self.published and baseline is not None and best is not None:
-                self.reason = (
-                    f"not published: best held-out Dice {best:.4f} is not at least min_dice_gain {self.min_gain} above "
-                    f"the served model's {baseline:.4f}; served model unchanged"
-                )
+                self.published, self.reason = True, reason
+                logger.info(f"published {best_file} => {self.guarded_publish_path} ({reason})")
+            elif not self.published:
+                self.reason = reason
         self._write(stats)
         return stats
 
@@ -303,12 +294,12 @@ class GuardedPublisher(PublishStatsAndModel):
             return {"error": str(e)}
 
     def completed(self, engine):
-        if not self.holdout and self.force:
+        if not self.enough and self.force:
             final = os.path.join(self.output_dir, f"final_without_holdout_{self.context.run_id}.pt")
             torch.save(self.context.network.state_dict(), final)
             atomic_copy(final, self.guarded_publish_path)
             self.published = True
-            self.reason = "published without held-out validation (publish_without_holdout was set)"
+            self.reason = "published without enough held-out validation (publish_without_holdout was set)"
         stats = prepare_stats(self.start_ts, self.trainer, self.evaluator)
         self._write(stats)
         logger.info(
@@ -316,6 +307,37 @@ class GuardedPublisher(PublishStatsAndModel):
             f"served model Dice {self.context.baseline_dice}, best {getattr(self.evaluator, 'state', None) and self.evaluator.state.best_metric}"
         )
         logger.info(f"PUBLISH: {self.reason}")
+
+
+def holdout_split(datalist, val_split: float = 0.2, seed: int = 0):
+    """``(train, held_out)``: with ``n >= 2`` items, ``max(1, round(val_split * n))`` (at most ``n - 1``) held out
+    by a seeded shuffle of the items sorted by image path (the same labels give the same split); fewer: none."""
+    items = sorted(datalist, key=lambda d: d["image"])
+    n = len(items)
+    if n < 2:
+        return items, []
+    n_val = min(n - 1, max(1, int(round(val_split * n))))
+    random.Random(seed).shuffle(items)
+    return items[n_val:], items[:n_val]
+
+
+def publish_decision(holdout: int, min_holdout: int, baseline, best, min_gain: float):
+    """``(publish, reason)`` for a run with ``holdout`` held-out volumes, the served model's held-out Dice
+    ``baseline`` and the run's best ``best`` (``None`` while unknown)."""
+    if holdout < max(1, min_holdout):
+        return False, (
+            f"not published: {holdout} held-out labeled volume(s), at least min_holdout_volumes={min_holdout} are "
+            "needed to tell a real gain from noise; served model unchanged (set publish_without_holdout to publish "
+            "anyway)"
+        )
+    if baseline is None or best is None:
+        return False, "not published: no held-out Dice measured yet"
+    if best >= baseline + min_gain:
+        return True, f"published: held-out Dice {best:.4f} >= served model's {baseline:.4f} + min_dice_gain {min_gain}"
+    return False, (
+        f"not published: best held-out Dice {best:.4f} is not at least min_dice_gain {min_gain} above the served "
+        f"model's {baseline:.4f}; served model unchanged"
+    )
 
 
 def keep_batch_norm_frozen(net: torch.nn.Module) -> int:
