@@ -5,7 +5,7 @@ Start (offline, CPU)::
 
     monailabel start_server --app slicer_app --studies DIR --host 127.0.0.1 --port 8000 \
         [--conf models segmentation,deepedit] [--conf checkpoint PATH] [--conf deepedit_checkpoint PATH] \
-        [--conf use_pretrained_model false] [--conf model_dir DIR] [--conf freeze_bit_widths true]
+        [--conf use_pretrained_model false] [--conf model_dir DIR] [--conf max_voxels N]
 
 ``--conf`` keys (all optional):
 
@@ -18,12 +18,15 @@ Start (offline, CPU)::
   ``<model_dir>/<name>.pt`` takes precedence over the starting checkpoint. User files are never overwritten.
 * ``bundle_root``: the bundle whose ``configs/train.json`` defines the network (default: this repository's).
 * ``device``: ``cpu`` (default) or ``cuda``.
-* ``freeze_bit_widths``: ``true`` keeps the per-layer bit widths fixed during fine-tuning.
+* ``freeze_bit_widths`` / ``freeze_batch_norm``: ``true`` (default) keeps the per-layer bit widths / the
+  BatchNorm statistics fixed during fine-tuning.
 * ``preload``: ``true`` (default) builds the networks at start-up.
 * ``lc_max_samples``: how many unlabeled volumes the least-confidence strategy scores per request (default 16).
 * ``max_voxels`` / ``max_upload_bytes`` / ``max_clicks``: size limits (defaults 16777216 voxels = 256^3,
   134217728 bytes, 256 clicks per request), answered with 413 before the work is done.
-* ``learning_rate`` / ``bit_learning_rate``: fine-tuning learning rates (defaults in ``lib/configs/common.py``).
+* ``learning_rate`` / ``bit_learning_rate``: fine-tuning learning rates (default 1e-5 / the bundle's).
+
+A training run publishes only under the rule in ``lib/trainers/base.py`` (held-out volumes, minimum gain).
 
 Requests are checked by the app (``lib/validation.py``, ``lib/guards.py``, ``lib/datastore.py``): bad names,
 files and parameters answer 4xx with a message, nothing outside the studies folder is read or written, and final
