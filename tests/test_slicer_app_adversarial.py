@@ -441,3 +441,14 @@ def test_upload_file_names_are_not_paths(env, tmp_path):
     call(env, "PUT", "/datastore/label", 200, params={"image": "case4", "tag": "reviewed"},
          files={"label": ("../../../../escape_label.nii.gz", lab)})
     assert (env.studies / "labels" / "reviewed" / "case4.nii.gz").read_bytes() == lab.read_bytes()
+
+
+def test_sessions_and_static_paths(env, tmp_path):
+    image, _ = synthetic_case(4)
+    src = volume(tmp_path, "up.nii.gz", image)
+    call(env, "PUT", "/session/", 403, files={"files": ("up.nii.gz", src)}, text="sessions")
+    call(env, "GET", "/session/..%2F..%2Fescape", None)
+    call(env, "GET", "/session/abc-123", 404)
+    call(env, "DELETE", "/session/%2E%2E", 422)
+    for path in ("/ohif/..", "/ohif/../../etc/passwd", "/static/../main.py"):
+        call(env, "GET", path, None)

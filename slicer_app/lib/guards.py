@@ -16,7 +16,8 @@ Label's routes. Routes guarded:
   queued; ``POST /batch/infer/{model}`` and ``POST /scoring/{method}``: model/method and parameters before
   anything is queued;
 * ``PUT`` / ``DELETE /model/{model}``: refused (403): the served checkpoint changes only through training runs
-  that pass the publish rule.
+  that pass the publish rule;
+* ``/session``: sessions are not used (creating one answers 403, reading or deleting one 404, a malformed id 422).
 """
 
 from __future__ import annotations
@@ -267,6 +268,18 @@ def build_router(app) -> APIRouter:
         )
 
     router.add_api_route(api + "/model/{model}", model_file_refused, methods=["PUT", "DELETE"], include_in_schema=False)
+
+    # ---- sessions: not used (inference reads datastore images or the volume uploaded with the request) ---------
+    async def session_create_refused(user: User = user_role):
+        raise RequestError(403, "sessions are not used by this app: upload the volume with the infer request or to the datastore")
+
+    async def session_unknown(session_id: str, user: User = user_role):
+        if not _SESSION_ID.fullmatch(session_id):
+            raise RequestError(422, f"session_id {session_id[:80]!r} is not allowed (letters, digits and '-')")
+        raise RequestError(404, f"session {session_id!r} not found: this app does not use sessions")
+
+    router.add_api_route(api + "/session/", session_create_refused, methods=["PUT"], include_in_schema=False)
+    router.add_api_route(api + "/session/{session_id}", session_unknown, methods=["GET", "DELETE"], include_in_schema=False)
     return router
 
 
