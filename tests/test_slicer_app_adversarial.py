@@ -278,6 +278,28 @@ def test_reupload_cannot_orphan_or_replace_labeled_image(env, tmp_path):
     assert not (env.studies / "case0.nrrd").exists()
 
 
+def test_concurrent_reuploads_keep_label_and_image(env, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    image_file = env.studies / "case1.nii.gz"
+    before = image_file.read_bytes()
+    other, _ = synthetic_case(12)
+    different = volume(tmp_path, "other.nii.gz", other, direction=DIRECTION)
+
+    def one(i):
+        src = image_file if i % 2 else different
+        with open(src, "rb") as f:
+            return requests.put(f"{env.url}/datastore/image", params={"image": "case1"},
+                                files={"file": ("case1.nii.gz", f.read())}, timeout=120).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(16)))
+    assert sorted(set(codes)) == [200, 409], codes
+    assert image_file.read_bytes() == before
+    objects = requests.get(f"{env.url}/datastore/?output=all", timeout=30).json()["objects"]
+    assert "final" in objects["case1"]["labels"]
+
+
 def _as_nrrd(tmp_path, array_zyx) -> Path:
     p = tmp_path / "other.nrrd"
     if not p.exists():
