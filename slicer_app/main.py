@@ -186,6 +186,15 @@ class QuantUNetApp(MONAILabelApp):
         background_tasks.add_task(self._forget_upload, path)
         return path
 
+    def _in_session_store(self, path: str) -> bool:
+        """A session's volume (written by the server's own session store from an upload)."""
+        sessions = self.sessions()
+        if sessions is None or not os.path.isabs(path):
+            return False
+        store = os.path.realpath(sessions.store_path)
+        real = os.path.realpath(path)
+        return real != store and os.path.commonpath([real, store]) == store and os.path.isfile(real)
+
     def _forget_upload(self, path: str) -> None:
         with self._uploads_lock:
             self._uploads.discard(path)
@@ -214,7 +223,7 @@ class QuantUNetApp(MONAILabelApp):
         ds = datastore if datastore else self.datastore()
         with self._uploads_lock:
             uploaded = image in self._uploads
-        if uploaded:
+        if uploaded or self._in_session_store(image):
             self._checked_volume(image, "uploaded file", cache=False)
         else:
             path = ds.image_path_checked(check_image_id(image))

@@ -466,11 +466,23 @@ def test_upload_file_names_are_not_paths(env, tmp_path):
 
 
 def test_sessions_and_static_paths(env, tmp_path):
+    """3D Slicer sends a volume it loaded itself as a session before clicks: works, checked like an upload."""
     image, _ = synthetic_case(4)
     src = volume(tmp_path, "up.nii.gz", image)
-    call(env, "PUT", "/session/", 403, files={"files": ("up.nii.gz", src)}, text="sessions")
+    r = call(env, "PUT", "/session/", 200, files={"files": ("../../up.nii.gz", src)})
+    session_id = r.json()["session_id"]
+    call(env, "POST", "/infer/deepedit", 200, params={"image": "not_in_datastore", "session_id": session_id},
+         data={"params": json.dumps({"foreground": [[10, 10, 2]], "result_extension": ".nrrd"})})
+    call(env, "GET", f"/session/{session_id}", 200)
+    call(env, "DELETE", f"/session/{session_id}", 200)
+    call(env, "POST", "/infer/segmentation", 404, params={"image": "not_in_datastore", "session_id": session_id})
+    trunc = tmp_path / "trunc.nii.gz"
+    trunc.write_bytes(src.read_bytes()[:2000])
+    call(env, "PUT", "/session/", 422, files={"files": ("trunc.nii.gz", trunc)}, text="truncated")
+    call(env, "PUT", "/session/", 422, params={"uncompress": "true"}, files={"files": ("up.nii.gz", src)})
     call(env, "GET", "/session/..%2F..%2Fescape", None)
     call(env, "GET", "/session/abc-123", 404)
     call(env, "DELETE", "/session/%2E%2E", 422)
+    call(env, "POST", "/infer/segmentation", 422, params={"session_id": "../../x"}, text="session_id")
     for path in ("/ohif/..", "/ohif/../../etc/passwd", "/static/../main.py"):
         call(env, "GET", path, None)

@@ -17,7 +17,7 @@ Label's routes. Routes guarded:
   anything is queued;
 * ``PUT`` / ``DELETE /model/{model}``: refused (403): the served checkpoint changes only through training runs
   that pass the publish rule;
-* ``/session``: sessions are not used (creating one answers 403, reading or deleting one 404, a malformed id 422).
+* ``/session``: one volume per session, checked like an image upload (no ``uncompress``); session ids are checked.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ import tempfile
 from typing import Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
-from lib.validation import RequestError, check_image_id, check_label_tag, parse_json_object, volume_extension
+from lib.validation import (
+    RequestError,
+    check_image_id,
+    check_label_tag,
+    check_volume_file,
+    parse_json_object,
+    volume_extension,
+)
 from starlette.datastructures import UploadFile
 
 from monailabel.config import settings
@@ -93,6 +100,12 @@ def _removing(path: str, call, *args):
         raise
 
 
+def _session_id(session_id: str) -> str:
+    if not _SESSION_ID.fullmatch(session_id):
+        raise RequestError(422, f"session_id {session_id[:80]!r} is not allowed (letters, digits and '-')")
+    return session_id
+
+
 def _upload_id(image: Optional[str], upload) -> str:
     if image:
         return check_image_id(image)
@@ -133,13 +146,13 @@ def build_router(app) -> APIRouter:
         if form.get("label") is not None:
             raise RequestError(422, "label: this app's models take no label file in an infer request")
         upload = form.get("file")
-        if session_id and not _SESSION_ID.fullmatch(session_id):
-            raise RequestError(422, f"session_id {session_id[:80]!r} is not allowed (letters, digits and '-')")
+        if session_id:  # a session's volume takes precedence over ?image= (as in MONAI Label)
+            _session_id(session_id)
         if upload is not None and upload != "":
             path = _save_upload(upload, app.limits.max_upload_bytes, "file", background_tasks)
             image = app.register_upload(path, background_tasks)
             return _removing(path, infer_endpoints.run_inference, background_tasks, model, image, "", json.dumps(params), None, None, output)
-        elif image:
+        elif image and not session_id:
             app.datastore().image_path_checked(check_image_id(image))
         elif not session_id:
             raise RequestError(422, "no image given: add ?image=ID (a datastore image) or upload a volume as 'file'")
@@ -269,17 +282,33 @@ def build_router(app) -> APIRouter:
 
     router.add_api_route(api + "/model/{model}", model_file_refused, methods=["PUT", "DELETE"], include_in_schema=False)
 
-    # ---- sessions: not used (inference reads datastore images or the volume uploaded with the request) ---------
-    async def session_create_refused(user: User = user_role):
-        raise RequestError(403, "sessions are not used by this app: upload the volume with the infer request or to the datastore")
+    # ---- sessions (3D Slicer sends a volume it loaded itself as a session before clicks) -----------------------
+    from monailabel.endpoints import session as session_endpoints
 
-    async def session_unknown(session_id: str, user: User = user_role):
-        if not _SESSION_ID.fullmatch(session_id):
-            raise RequestError(422, f"session_id {session_id[:80]!r} is not allowed (letters, digits and '-')")
-        raise RequestError(404, f"session {session_id!r} not found: this app does not use sessions")
+    @router.put(api + "/session/", include_in_schema=False)
+    async def create_session(request: Request, background_tasks: BackgroundTasks, uncompress: bool = False,
+                             expiry: int = 0, user: User = user_role):
+        if uncompress:
+            raise RequestError(422, "uncompress: not supported; upload one volume (.nii.gz, .nii or .nrrd)")
+        if not 0 <= expiry <= 86400:
+            raise RequestError(422, f"expiry: {expiry} is outside [0, 86400] seconds")
+        form = await _form(request, app.limits.max_upload_bytes)
+        files = form.getlist("files")
+        if len(files) != 1:
+            raise RequestError(422, f"files: expected one volume, got {len(files)}")
+        path = _save_upload(files[0], app.limits.max_upload_bytes, "session volume", background_tasks)
+        _removing(path, check_volume_file, path, app.limits, "session volume")
+        files[0].file.seek(0)
+        return session_endpoints.create_session(background_tasks, False, expiry, files)
 
-    router.add_api_route(api + "/session/", session_create_refused, methods=["PUT"], include_in_schema=False)
-    router.add_api_route(api + "/session/{session_id}", session_unknown, methods=["GET", "DELETE"], include_in_schema=False)
+    @router.get(api + "/session/{session_id}", include_in_schema=False)
+    async def get_session(session_id: str, update_ts: bool = False, image: bool = False, user: User = user_role):
+        return session_endpoints.get_session(_session_id(session_id), update_ts, image)
+
+    @router.delete(api + "/session/{session_id}", include_in_schema=False)
+    async def remove_session(session_id: str, user: User = user_role):
+        return session_endpoints.remove_session(_session_id(session_id))
+
     return router
 
 
