@@ -78,11 +78,14 @@ def test_inference_writes_masks_with_input_geometry(trained, synthetic_dataset, 
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
 
 
-def test_evaluation_writes_metrics(trained, synthetic_dataset, tmp_path):
+@pytest.mark.parametrize("base", ["inference.json", "train.json"])
+def test_evaluation_writes_metrics(trained, synthetic_dataset, tmp_path, base):
+    """Evaluation stacked on inference.json, and on train.json as the model zoo's CI runs it."""
     _, out = trained
-    _run([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")], bundle_root=str(BUNDLE),
-         dataset_dir=str(synthetic_dataset / "dataset.json"), checkpoint=str(out / "model.pt"),
-         output_dir=str(tmp_path), **TINY)
+    workflow = _run([str(CONFIGS / base), str(CONFIGS / "evaluate.json")], workflow_type="eval",
+                    bundle_root=str(BUNDLE), dataset_dir=str(synthetic_dataset), checkpoint=str(out / "model.pt"),
+                    output_dir=str(tmp_path), **TINY)
+    assert workflow.check_properties() == []
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["summary"]["num_cases"] == 2
     for case in summary["cases"]:
@@ -143,3 +146,6 @@ def test_multi_gpu_config_trains_with_two_cpu_processes(synthetic_dataset, tmp_p
     state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped, loadable by the single-process configs
     assert (tmp_path / "bit_widths.json").is_file()
+    # rank 0 alone logs, writes TensorBoard events and saves; rank 1 trains and joins the distributed validation
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # rank 0: train and validation writers
+    assert result.stdout.count("Key metric: val_mean_dice") + result.stderr.count("Key metric: val_mean_dice") == 1
