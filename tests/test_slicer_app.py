@@ -170,7 +170,10 @@ def _wait_training(client, timeout=900):
 @pytest.mark.parametrize("model", ["segmentation", "deepedit"])
 def test_train_one_epoch(client, server, model):
     labels_before = {p.name: p.read_bytes() for p in (server.studies / "labels" / "final").iterdir()}
-    client.train_start(model, {"max_epochs": 1, "train_batch_size": 1, "val_split": 0.34, "dataset": "Dataset"})
+    # the parameters 3D Slicer sends: the trainer's /info config, lists reduced to their first entry
+    params = {k: v[0] if isinstance(v, list) else v for k, v in client.info()["trainers"][model]["config"].items()}
+    params.update({"max_epochs": 1, "train_batch_size": 1, "val_split": 0.34, "dataset": "Dataset"})
+    client.train_start(model, params)
     status = _wait_training(client)
     assert status["status"] == "DONE", "\n".join(status.get("details", []))
     stats = json.loads((server.workdir / "model" / model / "train_stats.json").read_text())

@@ -251,9 +251,14 @@ def _number(value: Any, what: str, kind=int, low=None, high=None):
 
 def check_device(value: Any, what: str = "device") -> None:
     values = value if isinstance(value, (list, tuple)) else [value]
+    from monailabel.utils.others.generic import device_map
+
+    names = device_map()  # what /info lists (GPU names on a CUDA server), as 3D Slicer sends it back
     for v in values:
+        if isinstance(v, str) and v in names:
+            continue
         if not isinstance(v, str) or not re.fullmatch(r"cpu|cuda(:\d{1,2})?", v):
-            raise RequestError(422, f"{what}: expected 'cpu' or 'cuda[:N]', got {v!r}"[:300])
+            raise RequestError(422, f"{what}: expected 'cpu', 'cuda[:N]' or one of {sorted(names)}, got {v!r}"[:300])
         if v.startswith("cuda"):
             import torch
 
