@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,10 @@ def test_click_limits(env):
     many = [[i % SHAPE[0], i % SHAPE[1], 1] for i in range(300)]
     call(env, "POST", "/infer/deepedit", 413, params={"image": "case2"},
          data={"params": json.dumps({"foreground": many})}, text="max_clicks")
+    start = time.time()  # issue 12: 20,000 clicks took 19 s and blocked /info; now refused before any work
+    call(env, "POST", "/infer/deepedit", 413, params={"image": "case2"},
+         data={"params": json.dumps({"foreground": many * 67})}, text="max_clicks")
+    assert time.time() - start < 5
     call(env, "POST", "/infer/deepedit", 422, params={"image": "case2"},
          data={"params": json.dumps({"foreground": [[999, 1, 1]]})}, text="outside")
     call(env, "POST", "/infer/deepedit", 422, params={"image": "case2"},
