@@ -16,11 +16,10 @@ def _is_bundle(path: Path, name: str) -> bool:
 
 
 def find_bundle_root(name: str = BUNDLE_NAME) -> str:
-    """The bundle folder: the working directory when run from inside the bundle (model-zoo convention),
-    ``./bundles/<name>`` from the repository root, else the copy beside the installed package.
-    Override with ``--bundle_root`` on the command line."""
+    """The bundle folder: the working directory when run from inside the bundle (model-zoo convention), or
+    ``./bundles/<name>`` below it. Override with ``--bundle_root`` on the command line."""
     cwd = Path.cwd()
-    for candidate in (cwd, cwd / "bundles" / name, Path(__file__).resolve().parents[1] / "bundles" / name):
+    for candidate in (cwd, cwd / "bundles" / name):
         if _is_bundle(candidate, name):
             return str(candidate)
     raise FileNotFoundError(f"bundle {name!r} not found from {cwd}; pass --bundle_root <folder of the bundle>")

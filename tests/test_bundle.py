@@ -1,6 +1,8 @@
 """Model-zoo style bundle tests: ConfigWorkflow initialize -> run -> finalize on tiny generated volumes."""
 
 import json
+import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -107,6 +109,45 @@ def test_metadata_matches_zoo_schema_and_network():
     verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
                       config_file=str(CONFIGS / "inference.json"), n=1, device="cpu", bundle_root=str(BUNDLE),
                       channels=TINY["channels"])
+
+
+def test_bundle_copied_elsewhere_runs_inference_and_evaluation(trained, synthetic_dataset, tmp_path):
+    """A copy of the bundle folder outside the repository runs with the installed package, from its own folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    _, out = trained
+    copy = Path(shutil.copytree(BUNDLE, tmp_path / "quantunet_brain_tumor_seg",
+                                ignore=shutil.ignore_patterns("runs", "data", "eval", "export")))
+    overrides = ["--dataset_dir", str(synthetic_dataset), "--checkpoint", str(out / "model.pt"),
+                 "--channels", json.dumps(TINY["channels"]), "--spatial_size", json.dumps(TINY["spatial_size"])]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for configs, output in (("configs/inference.json", "masks"),
+                            ("['configs/inference.json','configs/evaluate.json']", "eval")):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--output_dir",
+               str(tmp_path / output)] + overrides
+        result = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "masks").glob("*_seg.nii.gz"))) == 2
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["summary"]["num_cases"] == 2
+    assert not (copy / "runs").exists()
+
+
+NETWORK_KEYS = ("channels", "quantization", "bit_width", "min_bit_width", "max_bit_width", "spatial_size")
+
+
+@pytest.mark.parametrize("config", ["train.json", "export.json"])
+def test_network_definition_cannot_drift(config):
+    """inference.json's network_def is the one definition; train.json and export.json must build the same net."""
+    from monai.bundle import ConfigParser
+
+    def network(name):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / name))
+        return parser.get()["network_def"], {k: parser.get_parsed_content(k) for k in NETWORK_KEYS}
+
+    assert network(config) == network("inference.json")
 
 
 def _root_cause(exc: BaseException) -> BaseException:

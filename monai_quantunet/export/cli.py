@@ -1,7 +1,7 @@
 """``python -m monai_quantunet export``: a checkpoint -> QONNX, FINN build folder, QCDQ ONNX, cost report;
 ``python -m monai_quantunet finn-build``: run a FINN build folder with a FINN toolchain.
 
-The network comes from a bundle config's ``network_def`` (default: the bundle's ``configs/train.json``),
+The network comes from a bundle config's ``network_def`` (default: the bundle's ``configs/inference.json``),
 the example slices from the dataset's validation split (``--dataset-dir``, else the config's
 ``dataset_dir``), or synthetic volumes when no datalist is found. With a FINN toolchain (``--finn`` or
 ``$FINN_TOOLCHAIN``) the export also runs FINN's flow and verifies the folded hardware graph.
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--checkpoint", required=True, help="state_dict checkpoint (.pt) of the network")
     parser.add_argument("--out", required=True, help="export folder to create")
     parser.add_argument("--config_file", default=None,
-                        help="bundle config holding network_def (default: the bundle's configs/train.json)")
+                        help="bundle config holding network_def (default: the bundle's configs/inference.json)")
     parser.add_argument("--dataset-dir", default=None, help="dataset folder with dataset.json for example slices")
     parser.add_argument("--num-slices", type=int, default=4, help="example slices used for verification")
     parser.add_argument("--whole-volume", action="store_true",
@@ -79,7 +79,7 @@ def export(args: argparse.Namespace) -> int:
     from monai_quantunet.bundle import find_bundle_root
     from monai_quantunet.export.core import example_slices, export_model, load_checkpoint
 
-    config_file = args.config_file or str(Path(find_bundle_root()) / "configs" / "train.json")
+    config_file = args.config_file or str(Path(find_bundle_root()) / "configs" / "inference.json")
     network, parser = network_from_config(config_file)
     load_checkpoint(network, args.checkpoint)  # fail fast, before reading volumes
     spatial_size = parser.get_parsed_content("spatial_size") if "spatial_size" in parser.get() else (128, 128)
