@@ -17,15 +17,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import AsDiscreted, Invertd
 
 from monai_quantunet.data import load_datalist
-from monai_quantunet.inference import load_state_dict, slice_inferer
+from monai_quantunet.inference import load_state_dict, segment_volume
 from monai_quantunet.interactive import AddClickGuidanced, deepest_point
 from monai_quantunet.bundle import find_bundle_root
 from monai_quantunet.labeling import bundle_settings, network_from_bundle
 from monai_quantunet.metrics import volume_metrics
-from monai_quantunet.transforms import inference_transforms
 
 
 def main() -> None:
@@ -39,16 +37,10 @@ def main() -> None:
     net = network_from_bundle(in_channels=3)
     net.load_state_dict(load_state_dict(args.checkpoint))
     net.eval()
-    pre = inference_transforms(spatial_size)
     clicks = AddClickGuidanced()
 
     def predict(path: str, fg: list, bg: list) -> np.ndarray:
-        d = clicks({**pre({"image": path}), "foreground": fg, "background": bg})
-        with torch.no_grad():
-            d["pred"] = slice_inferer(spatial_size)(d["image"][None], net)[0]
-        d = AsDiscreted(keys="pred", threshold=0.0)(d)
-        d = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(d)
-        return np.asarray(d["pred"][0]) > 0  # (X, Y, Z) = IJK of the file
+        return segment_volume(net, path, spatial_size, guidance=clicks, foreground=fg, background=bg)  # (X, Y, Z)
 
     def dice(pred: np.ndarray, label: np.ndarray) -> float:
         return volume_metrics(torch.from_numpy(pred), torch.from_numpy(label))["dice"]

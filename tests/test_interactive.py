@@ -108,19 +108,12 @@ class AnalyticInteractiveNet(nn.Module):
 
 
 def _predict(net, path, foreground=(), background=()):
-    """Real inference chain: inference_transforms + AddClickGuidanced + slice_inferer + invert to the input."""
-    from monai.transforms import AsDiscreted, Invertd
+    """The real segmentation chain with click guidance; mask back to (Z, Y, X) like the file."""
+    from monai_quantunet.inference import segment_volume
 
-    from monai_quantunet.inference import slice_inferer
-    from monai_quantunet.transforms import inference_transforms
-
-    pre = inference_transforms((64, 64))
-    d = AddClickGuidanced(sigma=3.0)({**pre({"image": path}), "foreground": list(foreground), "background": list(background)})
-    with torch.no_grad():
-        d["pred"] = slice_inferer((64, 64))(d["image"][None], net)[0]
-    d = AsDiscreted(keys="pred", threshold=0.0)(d)
-    d = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(d)
-    return np.asarray(d["pred"][0]).transpose(2, 1, 0) > 0  # back to (Z, Y, X) like the file
+    mask = segment_volume(net, path, (64, 64), guidance=AddClickGuidanced(sigma=3.0), foreground=list(foreground),
+                          background=list(background))
+    return mask.transpose(2, 1, 0)
 
 
 def test_clicks_fix_missed_tumor_and_false_positive(tmp_path):

@@ -69,6 +69,24 @@ def test_autoseg_keeps_input_geometry(client, server, ext):
     assert params["label_names"] == {"tumor": 1}
 
 
+def test_app_mask_equals_bundle_mask(client, server, workdir):
+    """One segmentation chain: the mask 3D Slicer receives is, voxel for voxel, the bundle inference's mask."""
+    from conftest import BUNDLE
+    from monai.bundle import ConfigWorkflow
+
+    result_file, _ = client.infer("segmentation", "case3", {"result_extension": ".nii.gz"})
+    app_mask = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(result_file))
+    workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "inference.json"), workflow_type="infer",
+                              bundle_root=str(BUNDLE), dataset_dir=str(server.studies / "case3.nii.gz"),
+                              output_dir=str(workdir / "bundle_masks"))
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    bundle_mask = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(workdir / "bundle_masks" / "case3_seg.nii.gz")))
+    assert app_mask.any() and app_mask.shape == bundle_mask.shape
+    np.testing.assert_array_equal(app_mask, bundle_mask)
+
+
 def test_autoseg_uploaded_file(client, server, workdir):
     """Slicer may send the volume itself: the answer has that file's geometry."""
     image, _ = synthetic_case(7)

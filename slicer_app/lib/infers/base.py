@@ -11,11 +11,11 @@ from typing import Any, Callable, Dict, Sequence
 import numpy as np
 import torch
 from monai.inferers import Inferer
-from monai.transforms import AsDiscreted, CastToTyped, Compose, Invertd, SqueezeDimd
+from monai.transforms import CastToTyped, SqueezeDimd
 
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_quantunet.inference import slice_inferer
+from monai_quantunet.inference import mask_postprocessing, slice_inferer
 from monai_quantunet.labeling import load_checkpoint_or_warn
 from monai_quantunet.transforms import inference_transforms
 
@@ -28,7 +28,8 @@ class QuantUNetInferTask(BasicInferTask):
     * pre: ``inference_transforms`` (load, RAS, percentile scaling, in-plane resize to the network size);
       the same transform instances are reused so ``Invertd`` can undo them for every request;
     * inferer: ``slice_inferer`` (2D network over the axial slices);
-    * post: ``logit > 0``, ``Invertd`` back to the input's shape, orientation, spacing and origin, uint8.
+    * post: ``mask_postprocessing`` (the library's one chain, as the bundle's inference and evaluation: logits
+      inverted to the input's shape, orientation, spacing and origin, then ``logit > 0``), uint8.
 
     Checkpoints: the last existing of ``path`` is loaded (a trained one before the shipped one); a missing or
     mismatching file falls back to the initial weights with a warning instead of failing the request.
@@ -62,12 +63,11 @@ class QuantUNetInferTask(BasicInferTask):
         return slice_inferer(self.spatial_size, sw_batch_size=max(1, bs))
 
     def inverse_transforms(self, data=None):
-        return None  # done in post_transforms with Invertd (needs the thresholded prediction)
+        return None  # done in post_transforms (mask_postprocessing inverts, then thresholds)
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return [
-            AsDiscreted(keys="pred", threshold=0.0),
-            Invertd(keys="pred", transform=self._pre, orig_keys="image", nearest_interp=True, to_tensor=True),
+            *mask_postprocessing(self._pre).transforms,
             SqueezeDimd(keys="pred", dim=0),
             CastToTyped(keys="pred", dtype=np.uint8),
         ]
