@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from monai_quantunet.data import load_datalist
-from monai_quantunet.inference import load_state_dict, segment_volume
+from monai_quantunet.checkpoint import load_state_dict
+from monai_quantunet.inference import segment_volume
 from monai_quantunet.interactive import AddClickGuidanced, deepest_point
 from monai_quantunet.bundle import find_bundle_root
-from monai_quantunet.labeling import bundle_settings, network_from_bundle
+from monai_quantunet.bundle import bundle_settings, network_from_bundle
 from monai_quantunet.metrics import volume_metrics
 
 

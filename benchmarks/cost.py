@@ -135,7 +135,7 @@ def training_builders(args: argparse.Namespace, volume: torch.Tensor) -> dict[st
 
 def inference_builders(args: argparse.Namespace, volume: torch.Tensor, tmp: Path) -> dict[str, Callable[[], Callable]]:
     """Per backend, a builder of its whole-volume inference (checkpoints from ``args``; QCDQ exported to ``tmp``)."""
-    from monai_quantunet.export.core import load_checkpoint
+    from monai_quantunet.checkpoint import load_checkpoint
 
     size = tuple(args.spatial_size)
 

@@ -1,11 +1,18 @@
-"""Helpers the bundle configs call: locating the bundle folder and preparing its default data."""
+"""The bundle as a source of truth: its folder, its default data, its network definition and training settings.
+
+``network_from_bundle`` builds the network of ``configs/inference.json`` (the one network definition;
+``train.json`` and ``export.json`` are tested to agree with it); ``bundle_settings`` reads the training
+settings of ``configs/train.json``. Both serve the MONAI Label app, the export CLI and the benchmarks.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-__all__ = ["BUNDLE_NAME", "find_bundle_root", "ensure_default_dataset"]
+import torch.nn as nn
+
+__all__ = ["BUNDLE_NAME", "find_bundle_root", "ensure_default_dataset", "bundle_settings", "network_from_bundle"]
 
 BUNDLE_NAME = "quantunet_brain_tumor_seg"
 
@@ -35,3 +42,32 @@ def ensure_default_dataset(dataset_dir: str, default_dir: str, num_cases: int = 
             make_synthetic_dataset(default_dir, num_cases=num_cases, shape=(96, 96, 16))
     elif not Path(dataset_dir).is_dir():
         raise FileNotFoundError(f"dataset_dir {dataset_dir} does not exist")
+
+
+def _parser(config: str, bundle_root: str | Path | None = None):
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_root) if bundle_root else Path(find_bundle_root())
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / config))
+    parser["bundle_root"] = str(root)
+    parser["device"] = "$torch.device('cpu')"
+    return parser
+
+
+def bundle_settings(bundle_root: str | Path | None = None) -> dict:
+    """``spatial_size``, ``channels``, ``quantization``, bit widths, ``lambda_bits`` and learning rates of the
+    bundle's ``train.json``."""
+    p = _parser("train.json", bundle_root)
+    keys = ("spatial_size", "channels", "quantization", "bit_width", "min_bit_width", "max_bit_width",
+            "lambda_bits", "bit_reduction", "learning_rate", "bit_learning_rate")
+    return {k: p.get_parsed_content(k) for k in keys}
+
+
+def network_from_bundle(bundle_root: str | Path | None = None, **overrides) -> nn.Module:
+    """A new instance of the bundle's ``network_def`` (``inference.json``); ``overrides`` replace its arguments
+    (e.g. ``in_channels``)."""
+    p = _parser("inference.json", bundle_root)
+    for k, v in overrides.items():
+        p[f"network_def#{k}"] = v
+    return p.get_parsed_content("network_def", instantiate=True)

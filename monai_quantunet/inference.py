@@ -19,7 +19,7 @@ from monai.transforms import AsDiscreted, Compose, Invertd
 
 from monai_quantunet.transforms import DEFAULT_SPATIAL_SIZE, inference_transforms
 
-__all__ = ["slice_inferer", "predict_volume", "mask_postprocessing", "segment_volume", "load_state_dict"]
+__all__ = ["slice_inferer", "predict_volume", "mask_postprocessing", "segment_volume"]
 
 
 def slice_inferer(spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE, sw_batch_size: int = 32) -> SliceInferer:
@@ -66,17 +66,3 @@ def segment_volume(network: nn.Module, image_path: str | Path, spatial_size: Seq
     network.eval()
     d["pred"] = slice_inferer(spatial_size)(d["image"][None], network)[0]
     return np.asarray(mask_postprocessing(preprocessing)(d)["pred"][0]) > 0
-
-
-def load_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A network state_dict from ``path`` (plain, or wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a state_dict checkpoint")
-    return ckpt

@@ -42,7 +42,8 @@ def main(args: argparse.Namespace) -> int:
 
     from monai_quantunet.data import load_datalist
     from monai_quantunet.interactive import train_interactive
-    from monai_quantunet.labeling import bundle_settings, load_checkpoint_or_warn, network_from_bundle
+    from monai_quantunet.bundle import bundle_settings, network_from_bundle
+    from monai_quantunet.checkpoint import load_checkpoint, load_state_dict
 
     datalist = Path(args.dataset_dir) / "dataset.json"
     train = load_datalist(datalist, "training")
@@ -54,10 +55,9 @@ def main(args: argparse.Namespace) -> int:
     if args.channels:
         overrides["channels"] = list(args.channels)
     net = network_from_bundle(**overrides)
-    if args.init and not load_checkpoint_or_warn(net, args.init, "train-deepedit --init"):
-        raise ValueError(f"--init {args.init}: checkpoint missing or does not fit the network")
+    if args.init:
+        load_checkpoint(net, args.init)
     if args.init_from_segmentation:
-        from monai_quantunet.inference import load_state_dict
         from monai_quantunet.interactive import expand_input_channels
 
         net.load_state_dict(expand_input_channels(load_state_dict(args.init_from_segmentation), 3))

@@ -1,4 +1,11 @@
-"""Per-volume segmentation metrics: Dice (main metric), IoU, and pixel accuracy (the paper's "accuracy")."""
+"""Per-volume segmentation metrics: Dice (main metric), IoU, and pixel accuracy (the paper's "accuracy").
+
+One Dice everywhere: per volume, ``2|P∩G| / (|P| + |G|)``, and **1 when label and prediction are both empty**
+(a tumor-free volume predicted tumor-free is perfect; any false positive on it scores 0). The bundle's
+checkpoint selection and evaluation use MONAI's ``MeanDice`` with ``ignore_empty=False``, which computes exactly
+this (tested); the evaluation report and the MONAI Label app's publish decision use :func:`volume_metrics` /
+:func:`mean_volume_dice`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
-__all__ = ["volume_metrics", "PixelAccuracyMetric", "PixelAccuracy"]
+__all__ = ["volume_metrics", "mean_volume_dice", "PixelAccuracyMetric", "PixelAccuracy"]
 
 
 def volume_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
@@ -27,6 +34,20 @@ def volume_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
         "iou": inter / union if union else 1.0,
         "accuracy": (p == g).float().mean().item(),
     }
+
+
+@torch.no_grad()
+def mean_volume_dice(network: torch.nn.Module, data_loader, inferer, device: str | torch.device = "cpu") -> float:
+    """Mean per-volume Dice (logit > 0 vs label) of ``network`` over ``data_loader`` (batches with ``image``,
+    ``label``); restores the network's train/eval mode."""
+    was_training = network.training
+    network.eval()
+    scores = []
+    for batch in data_loader:
+        logits = inferer(batch["image"].to(device), network)
+        scores += [volume_metrics(p, g)["dice"] for p, g in zip(logits > 0, batch["label"].to(device) > 0)]
+    network.train(was_training)
+    return float(sum(scores) / len(scores)) if scores else float("nan")
 
 
 class PixelAccuracyMetric(CumulativeIterationMetric):

@@ -150,6 +150,26 @@ def test_network_definition_cannot_drift(config):
     assert network(config) == network("inference.json")
 
 
+def test_one_dice_everywhere():
+    """Checkpoint selection and evaluation count a tumor-free volume predicted tumor-free as Dice 1, like
+    metrics.volume_metrics (the evaluation report, the app's publish decision)."""
+    from monai.bundle import ConfigParser
+
+    from monai_quantunet.metrics import volume_metrics
+
+    train = json.loads((CONFIGS / "train.json").read_text())
+    evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
+    metrics = (train["validate"]["key_metric"]["val_mean_dice"], evaluate["key_metric"]["mean_dice"])
+    assert metrics[0] == metrics[1] and metrics[0]["metric_fn"]["ignore_empty"] is False
+    rng = torch.Generator().manual_seed(0)
+    preds = [torch.zeros(1, 8, 8, 4), torch.rand(1, 8, 8, 4, generator=rng) > 0.5, torch.zeros(1, 8, 8, 4)]
+    labels = [torch.zeros(1, 8, 8, 4), torch.rand(1, 8, 8, 4, generator=rng) > 0.5, torch.ones(1, 8, 8, 4)]
+    dice = ConfigParser(metrics[0]["metric_fn"]).get_parsed_content()  # the metric the handler wraps
+    dice([p.float() for p in preds], [g.float() for g in labels])
+    expected = sum(volume_metrics(p, g)["dice"] for p, g in zip(preds, labels)) / 3
+    assert float(dice.aggregate()) == pytest.approx(expected)
+
+
 def _root_cause(exc: BaseException) -> BaseException:
     while exc.__cause__ is not None:  # MONAI wraps config errors in "Failed to evaluate ..."
         exc = exc.__cause__

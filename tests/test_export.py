@@ -12,11 +12,11 @@ from conftest import BUNDLE
 from qonnx.core.modelwrapper import ModelWrapper
 
 from monai_quantunet.bitwidth import bit_width_report
+from monai_quantunet.checkpoint import load_checkpoint
 from monai_quantunet.export import (
     ExportVerificationError,
     example_slices,
     export_model,
-    load_checkpoint,
     onnx_network,
 )
 from monai_quantunet.export.qonnx import run_qonnx

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from monai_quantunet.bitwidth import bit_width_report, split_bit_width_parameters
+from monai_quantunet.checkpoint import load_checkpoint
 from monai_quantunet.networks import FloatUNet, QuantUNet
 from monai_quantunet.networks.quantunet import QuantConv2d, QuantConvTranspose2d
 
@@ -99,11 +100,12 @@ def test_state_dict_round_trip_keeps_widths_and_outputs():
     assert torch.equal(other(x), net(x))
 
 
-def test_quant_net_loads_float_twin_weights():
+def test_quant_net_loads_float_twin_weights(tmp_path):
     torch.manual_seed(0)
     float_net = FloatUNet(channels=SMALL)
     quant = QuantUNet(channels=SMALL, quantization="learned")
-    quant.load_float_weights(float_net.state_dict())
+    torch.save(float_net.state_dict(), tmp_path / "float.pt")
+    load_checkpoint(quant, tmp_path / "float.pt", strict=False)
     assert torch.equal(quant.encoder[0][0].weight, float_net.encoder[0][0].weight)
     assert torch.equal(quant.decoder[3][1].running_var, float_net.decoder[3][1].running_var)
     # 8-bit quantization of a float model, calibrated on data, stays close to it
@@ -113,10 +115,16 @@ def test_quant_net_loads_float_twin_weights():
     assert torch.corrcoef(torch.stack([quant(x).flatten(), float_net(x).flatten()]))[0, 1] > 0.95
 
 
-def test_float_weights_with_other_shape_are_refused():
+def test_float_weights_with_other_shape_are_refused(tmp_path):
     quant = QuantUNet(channels=SMALL)
+    torch.save(FloatUNet(channels=(4, 8, 8, 16, 32)).state_dict(), tmp_path / "other.pt")
     with pytest.raises(ValueError, match="does not match"):
-        quant.load_float_weights(FloatUNet(channels=(4, 8, 8, 16, 32)).state_dict())
+        load_checkpoint(quant, tmp_path / "other.pt", strict=False)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt not found"):
+        load_checkpoint(quant, tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk\.pt cannot be read"):
+        load_checkpoint(quant, tmp_path / "junk.pt")
 
 
 def test_fixed_mode_is_uniform():

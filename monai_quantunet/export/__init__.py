@@ -9,7 +9,6 @@ from monai_quantunet.export.core import (
     check_bit_widths,
     example_slices,
     export_model,
-    load_checkpoint,
 )
 from monai_quantunet.export.cost import CostReport, LayerCost, cost_report
 from monai_quantunet.export.finn_toolchain import FinnBuildError, FinnToolchain
@@ -28,6 +27,5 @@ __all__ = [
     "cost_report",
     "example_slices",
     "export_model",
-    "load_checkpoint",
     "onnx_network",
 ]

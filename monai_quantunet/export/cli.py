@@ -77,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     from monai_quantunet.bundle import find_bundle_root
-    from monai_quantunet.export.core import example_slices, export_model, load_checkpoint
+    from monai_quantunet.checkpoint import load_checkpoint
+    from monai_quantunet.export.core import example_slices, export_model
 
     config_file = args.config_file or str(Path(find_bundle_root()) / "configs" / "inference.json")
     network, parser = network_from_config(config_file)

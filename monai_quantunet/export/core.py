@@ -41,9 +41,9 @@ from monai_quantunet.export.finn_toolchain import FinnToolchain
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
 from monai_quantunet.export.qonnx import export_qonnx_model, quant_dtypes, run_qonnx
 from monai_quantunet.export.verify import QCDQ_ATOL, QONNX_ATOL, RTOL, check_verification, compare_logits
-from monai_quantunet.inference import load_state_dict
+from monai_quantunet.checkpoint import load_checkpoint
 
-__all__ = ["ExportResult", "export_model", "load_checkpoint", "check_bit_widths", "example_slices", "MIN_EXPORT_BITS",
+__all__ = ["ExportResult", "export_model", "check_bit_widths", "example_slices", "MIN_EXPORT_BITS",
            "MAX_EXPORT_BITS"]
 
 MIN_EXPORT_BITS = 2  # QCDQ (QuantizeLinear) widths must lie in [2, 8]; FINN activations must fit 8 bits
@@ -62,27 +62,6 @@ class ExportResult:
     finn_dir: Path
     cost_path: Path
     record: dict
-
-
-def load_checkpoint(network: nn.Module, path: str | Path) -> None:
-    """Load a state_dict checkpoint into ``network`` (CPU map); ``ValueError`` naming the file on a mismatch.
-
-    Loading is strict, through ``load_state_dict`` itself: Brevitas accepts scale values that a fresh
-    network has not created yet (they appear after the first training steps)."""
-    state = load_state_dict(path, map_location="cpu")
-    own = network.state_dict()
-    config = {k: getattr(network, k) for k in ("channels", "quantization") if hasattr(network, k)}
-    prefix = f"checkpoint {path} does not match the network {type(network).__name__} {config}"
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-              if k in own and v.shape != own[k].shape]
-    if shapes:
-        raise ValueError(f"{prefix}: {len(shapes)} shape mismatch(es), e.g. {'; '.join(shapes[:3])} "
-                         "(check the config's channels)")
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as e:
-        detail = str(e) if len(str(e)) < 800 else str(e)[:800] + " ..."
-        raise ValueError(f"{prefix} (check the config's quantization): {detail}") from e
 
 
 def check_bit_widths(report: BitWidthReport) -> None:

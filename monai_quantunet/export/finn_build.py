@@ -86,8 +86,6 @@ def part_resources(part: str) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------- checks
 def step_unet_check_model(model, cfg):
     """Reject, before FINN works for minutes, activations over 8 bits and concats fed by two quantizers."""
-    from qonnx.core.datatype import DataType  # noqa: F401  (FINN's qonnx must be importable)
-
     initial = {t.name for t in model.graph.initializer}
     for node in model.get_nodes_by_op_type("Quant"):
         bits = model.get_initializer(node.input[3])

@@ -161,25 +161,11 @@ class QuantUNet(nn.Module):
             x = block(torch.cat([skip, up(x)], dim=1))
         return self.head(x) + self.head_bias
 
-    def load_float_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Initialise from a float twin's ``state_dict`` (weights, BatchNorm, head bias) for QAT; a state_dict
-        of a QuantUNet of the same mode loads whole (weights, scales, widths: continued training).
-
-        Quantizer state absent from ``state_dict`` (a float twin's) keeps its initialisation. Raises
-        ``ValueError`` if a tensor has no counterpart or a different shape.
-        """
-        try:
-            result = self.load_state_dict(state_dict, strict=False)
-        except RuntimeError as e:  # shape mismatches
-            raise ValueError(f"state_dict does not match this network: {e}") from e
-        if result.unexpected_keys:
-            raise ValueError(f"state_dict does not match this network: unknown keys {result.unexpected_keys[:5]}")
-
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
         """Set activation scales from data (Brevitas calibration mode; BatchNorm statistics untouched).
 
-        Use after :meth:`load_float_weights` for post-training quantization or to start QAT from
+        Use after loading a float twin (``load_checkpoint(net, path, strict=False)``) for post-training quantization or to start QAT from
         calibrated ranges. ``batches``: iterable of ``(B, in_channels, H, W)`` tensors.
         """
         from brevitas.graph.calibrate import calibration_mode

@@ -28,6 +28,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from filelock import FileLock
+from lib.files import atomic_copy
 from lib.validation import (
     VOLUME_EXTENSIONS,
     Limits,
@@ -43,7 +44,6 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.datastore.local import DataModel, ImageLabelModel
 
-from monai_quantunet.labeling import atomic_copy
 
 __all__ = ["StudiesDatastore", "FINAL"]
 

@@ -7,15 +7,26 @@ import time
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from monai_quantunet.labeling import least_confidence_score
+import torch
 
 logger = logging.getLogger(__name__)
+
+
+def least_confidence_score(logits: torch.Tensor, region_threshold: float = 0.25) -> float:
+    """Uncertainty in [0, 1] of a binary prediction: ``1 - mean |2 sigmoid - 1|`` over the voxels with
+    probability above ``region_threshold`` (predicted or nearly predicted tumor). 0 when no such voxel
+    (the model is confident that the volume is tumor-free). High = ask a human first."""
+    prob = torch.sigmoid(torch.as_tensor(logits).float())
+    region = prob > region_threshold
+    if not bool(region.any()):
+        return 0.0
+    return float(1.0 - (2 * prob[region] - 1).abs().mean())
 
 
 class LeastConfidence(Strategy):
     """Next volume to label = the unlabeled one the served QuantU-Net is least sure about.
 
-    Score (``monai_quantunet.labeling.least_confidence_score``): ``1 - mean |2 sigmoid - 1|`` over the voxels
+    Score (``least_confidence_score``): ``1 - mean |2 sigmoid - 1|`` over the voxels
     predicted (or nearly predicted, p > 0.25) as tumor. At most ``max_samples`` unlabeled volumes, drawn at
     random, are scored per request so the answer stays fast on large datastores.
     """

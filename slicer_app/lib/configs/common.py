@@ -10,7 +10,8 @@ from typing import Any, Dict
 from monailabel.interfaces.config import TaskConfig
 from monailabel.utils.others.generic import strtobool
 
-from monai_quantunet.labeling import bundle_settings, load_checkpoint_or_warn, network_from_bundle
+from lib.checkpoints import load_checkpoint_or_warn
+from monai_quantunet.bundle import bundle_settings, network_from_bundle
 
 logger = logging.getLogger(__name__)
 

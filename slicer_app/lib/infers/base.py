@@ -15,8 +15,8 @@ from monai.transforms import CastToTyped, SqueezeDimd
 
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_quantunet.inference import mask_postprocessing, slice_inferer
-from monai_quantunet.labeling import load_checkpoint_or_warn
+from lib.checkpoints import load_checkpoint_or_warn
+from monai_quantunet.inference import mask_postprocessing, segment_volume, slice_inferer
 from monai_quantunet.transforms import inference_transforms
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,11 @@ class QuantUNetInferTask(BasicInferTask):
             network.to(torch.device(device)).eval()
             self._networks[device] = (network, (path, mtime))
             return network
+
+    def segment_file(self, image_path: str, device: str = "cpu") -> np.ndarray:
+        """The mask ``(X, Y, Z)`` (bool, the file's voxel grid) of one image file through the library's chain
+        (``segment_volume``): what this task answers, without writing a file (the ``deepedit`` model's start)."""
+        return segment_volume(self._get_network(device, {}), image_path, self.spatial_size)
 
     @torch.no_grad()
     def predict_logits(self, image_path: str, device: str = "cpu", **request) -> torch.Tensor:

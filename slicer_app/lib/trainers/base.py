@@ -38,9 +38,11 @@ from monai.transforms import Activationsd, AsDiscreted
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.tasks.train.handler import PublishStatsAndModel, prepare_stats
 
+from lib.checkpoints import load_checkpoint_or_warn
+from lib.files import atomic_copy
 from monai_quantunet.bitwidth import split_bit_width_parameters
 from monai_quantunet.inference import slice_inferer
-from monai_quantunet.labeling import atomic_copy, load_checkpoint_or_warn, mean_dice
+from monai_quantunet.metrics import mean_volume_dice
 from monai_quantunet.losses import QuantUNetLoss
 from monai_quantunet.training import QuantUNetStatsHandler, make_optimizer
 
@@ -178,7 +180,7 @@ class QuantUNetTrainTask(BasicTrainTask):
         return {self.TRAIN_METRIC_MEAN_DICE: MeanDice(include_background=True, output_transform=from_engine(["pred", "label"]))}
 
     def val_key_metric(self, context: Context):
-        # ignore_empty=False: a tumor-free volume predicted empty scores 1 (as monai_quantunet.labeling.mean_dice)
+        # ignore_empty=False: a tumor-free volume predicted empty scores 1 (the project's one Dice, monai_quantunet.metrics)
         return {
             self.VAL_METRIC_MEAN_DICE: IgniteMetricHandler(
                 metric_fn=DiceMetric(include_background=True, ignore_empty=False),
@@ -206,7 +208,7 @@ class QuantUNetTrainTask(BasicTrainTask):
         if context.evaluator is not None:
 
             def baseline(engine):
-                context.baseline_dice = mean_dice(
+                context.baseline_dice = mean_volume_dice(
                     context.network, context.evaluator.data_loader, self.val_inferer(context), context.device
                 )
                 logger.info(f"held-out Dice of the served model before training: {context.baseline_dice:.4f}")
