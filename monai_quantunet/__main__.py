@@ -16,7 +16,6 @@ COMMANDS = {
     "demo-train": ("monai_quantunet.demo", "train QuantU-Net for a few minutes and print one line per epoch"),
     "prepare-lgg": ("monai_quantunet.data_cli", "convert the Kaggle LGG release (kaggle_3m) to NIfTI + datalist"),
     "make-synthetic": ("monai_quantunet.data_cli", "write synthetic tumor volumes + datalist"),
-    "train-deepedit": ("monai_quantunet.interactive_cli", "train the click-guided (interactive) QuantU-Net"),
     "export": ("monai_quantunet.export.cli", "export a checkpoint to QONNX, a FINN build folder and QCDQ ONNX"),
     "finn-build": ("monai_quantunet.export.cli", "run a FINN build folder's build.py with a FINN toolchain"),
 }

@@ -127,6 +127,14 @@ class QuantUNetApp(MONAILabelApp):
             for k, v in (c if isinstance(c, dict) else {name: c}).items():
                 logger.info(f"+++ Adding Inferer:: {k} => {v}")
                 infers[k] = v
+        deepedit = infers.get("deepedit")
+        if deepedit is not None:  # refines the current mask, which starts as the auto-segmentation
+            segmentation = infers.get("segmentation")
+            if segmentation is None:  # not served, still needed as deepedit's start
+                config = lib.configs.MODELS["segmentation"]()
+                config.init("segmentation", self.model_dir, self.conf, None)
+                segmentation = config.infer()
+            deepedit.auto_segmenter = segmentation.segment_file
         return infers
 
     def init_trainers(self) -> Dict[str, TrainTask]:
@@ -240,6 +248,14 @@ class QuantUNetApp(MONAILabelApp):
             if isinstance(e, MONAILabelException):
                 raise RequestError(400, e.msg)
             raise
+
+    def on_save_label(self, image_id, label_id):
+        """A saved label ends the click session of that image: deepedit forgets its current masks (all clients)."""
+        deepedit = self._infers.get("deepedit")
+        if deepedit is not None:
+            n = deepedit.forget_image(self.datastore().get_image_uri(image_id))
+            logger.info(f"deepedit: label saved for {image_id!r}; {n} click session(s) reset")
+        return super().on_save_label(image_id, label_id)
 
     def infer_wsi(self, request, datastore=None):
         raise RequestError(404, "whole-slide (WSI) inference is not served by this app; use /infer/{model}")

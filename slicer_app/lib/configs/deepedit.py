@@ -1,16 +1,47 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import lib.infers
 import lib.trainers
-from lib.configs.common import QuantUNetTaskConfig
+from lib.configs.common import APP_DIR, QuantUNetTaskConfig
+
+INTERACTIVE_BUNDLE = APP_DIR.parent / "bundles" / "quantunet_interactive_tumor_seg"
 
 
 class DeepEdit(QuantUNetTaskConfig):
-    """Interactive refinement: QuantU-Net with 3 inputs (image, foreground clicks, background clicks)."""
+    """Interactive refinement: the interactive bundle's QuantU-Net with 4 inputs (image, current mask, foreground
+    clicks, background clicks). Network, settings and default checkpoint come from the bundle
+    ``quantunet_interactive_tumor_seg`` (``--conf deepedit_bundle_root DIR`` to use another copy)."""
 
-    in_channels = 3
+    in_channels = 4
     checkpoint_conf = "deepedit_checkpoint"
-    default_checkpoint = "deepedit_model.pt"
+    default_checkpoint = "model.pt"
     infer_task = lib.infers.DeepEdit
     train_task = lib.trainers.DeepEdit
     train_description = "Fine-tune the interactive QuantU-Net with simulated clicks on saved labels"
+
+    def init(self, name, model_dir, conf, planner, **kwargs):
+        from lib.configs.common import DEFAULT_BUNDLE
+
+        self.segmentation_bundle = Path(conf.get("bundle_root") or DEFAULT_BUNDLE)
+        bundle = conf.get("deepedit_bundle_root") or str(INTERACTIVE_BUNDLE)
+        super().init(name, model_dir, {**conf, "bundle_root": str(Path(bundle))}, planner, **kwargs)
+
+    def trainer_kwargs(self) -> dict:
+        """The base trainer's settings plus the served segmentation model (the current mask to refine)."""
+        from lib.checkpoints import load_checkpoint_or_warn
+        from monai_quantunet.bundle import network_from_bundle
+
+        seg_bundle = self.segmentation_bundle
+        candidates = [self.conf.get("checkpoint") or str(seg_bundle / "models" / "model.pt"),
+                      os.path.join(self.model_dir, "segmentation.pt")]
+
+        def segmentation_network():
+            net = network_from_bundle(seg_bundle, in_channels=1)
+            existing = [p for p in candidates if p and os.path.isfile(p)]
+            load_checkpoint_or_warn(net, existing[-1] if existing else None, "deepedit trainer: segmentation model")
+            return net
+
+        return {**super().trainer_kwargs(), "segmentation_network_factory": segmentation_network}

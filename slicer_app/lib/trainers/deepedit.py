@@ -1,20 +1,61 @@
 from __future__ import annotations
 
+from monai.transforms import AsDiscreted, Compose, RandCropByPosNegLabeld, SqueezeDimd
 from lib.trainers.base import QuantUNetTrainTask
 
 from monailabel.tasks.train.basic_train import Context
 
-from monai_quantunet.interactive import ErrorClickInteraction, interactive_train_transforms, interactive_val_transforms
+from monai_quantunet.interactive import (
+    AddAutoMaskd,
+    AddRobotClicksd,
+    ClickRefinementInferer,
+    ClickSimulation,
+    GateByReachd,
+    slice_transforms,
+)
+from monai_quantunet.transforms import val_transforms
 
 
 class DeepEdit(QuantUNetTrainTask):
-    """Fine-tunes the interactive QuantU-Net: simulated clicks from the label, then clicks on its own errors."""
+    """Fine-tunes the interactive QuantU-Net on saved labels with the interactive bundle's recipe: the served
+    segmentation model's mask of each labeled volume as the current mask, tumor-aware slices, mask perturbation
+    and augmentation (``slice_transforms``), robot clicks on the errors of the network's own previous prediction
+    (``ClickSimulation``); validation: one robot click on each held-out volume's auto-segmentation, gated to the
+    click's reach."""
+
+    def __init__(self, *args, segmentation_network_factory=None, **kwargs):
+        if segmentation_network_factory is None:
+            raise ValueError("deepedit trainer: segmentation_network_factory is required (the auto-segmentation model)")
+        self._segmentation_network_factory = segmentation_network_factory
+        self._segmentation_network = None
+        super().__init__(*args, **kwargs)
+
+    def segmentation_network(self):
+        if self._segmentation_network is None:
+            self._segmentation_network = self._segmentation_network_factory().eval()
+        return self._segmentation_network
 
     def train_pre_transforms(self, context: Context):
-        return interactive_train_transforms(self.spatial_size, num_samples=self.num_samples)
+        keys = ["image", "mask", "label"]
+        volume = val_transforms(self.spatial_size)
+        return Compose([
+            *volume.transforms,
+            AddAutoMaskd(self.segmentation_network(), output_key="mask"),
+            RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=(*self.spatial_size, 1), pos=3.0, neg=1.0,
+                                   num_samples=self.num_samples, image_key="image", allow_smaller=False),
+            SqueezeDimd(keys=keys, dim=-1),
+            *slice_transforms().transforms,
+        ])
 
     def val_pre_transforms(self, context: Context):
-        return interactive_val_transforms(self.spatial_size)
+        return Compose([*val_transforms(self.spatial_size).transforms, AddAutoMaskd(self.segmentation_network()),
+                        AddRobotClicksd()])
+
+    def val_inferer(self, context: Context):
+        return ClickRefinementInferer(self.spatial_size)
+
+    def val_post_transforms(self, context: Context):
+        return [GateByReachd(keys="pred"), AsDiscreted(keys="pred", threshold=0.0)]
 
     def train_iteration_update(self, context: Context):
-        return ErrorClickInteraction(max_interactions=2, prob=0.5)
+        return ClickSimulation()
