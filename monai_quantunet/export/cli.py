@@ -88,6 +88,8 @@ def export(args: argparse.Namespace) -> int:
     if dataset_dir is None and "dataset_dir" in parser.get():
         dataset_dir = parser.get_parsed_content("dataset_dir")
     slices, source = example_slices(dataset_dir, spatial_size, args.num_slices, whole_volume=args.whole_volume)
+    if "example_inputs" in parser.get():  # a network with inputs besides the image (the interactive bundle's)
+        slices = parser.get_parsed_content("example_inputs")(slices)
     print(f"network from {config_file}, checkpoint {args.checkpoint}, example slices: {source}")
     export_model(network, args.out, slices, overwrite=args.overwrite,
                  board=None if args.fpga_part else args.board, fpga_part=args.fpga_part, clk_period_ns=args.clk_ns,

@@ -25,6 +25,7 @@ from monai_quantunet.interactive.guidance import (
     INPUT_CHANNELS,
     AddInteractionGuidanced,
     LocalityGated,
+    example_inputs,
     ReachLimitedNetwork,
     locality_gate,
     refine_files,
@@ -47,7 +48,7 @@ from monai_quantunet.interactive.training import (
 __all__ = [
     "DEFAULT_SIGMA", "DEFAULT_SLICE_WEIGHTS", "REACH_RADIUS", "REACH_SLICES", "INPUT_CHANNELS", "ClickError",
     "click_maps_3d", "deepest_point", "gaussian_disc", "map_clicks", "parse_clicks", "reach_mask", "robot_click",
-    "AddInteractionGuidanced", "LocalityGated", "ReachLimitedNetwork", "locality_gate", "refine_volume", "refine_files",
+    "AddInteractionGuidanced", "LocalityGated", "ReachLimitedNetwork", "locality_gate", "refine_volume", "refine_files", "example_inputs",
     "AddAutoMaskd", "AddRobotClicksd", "ClickRefinementInferer", "ClickSimulation", "GateByReachd",
     "InteractionInputsd", "InteractiveSliceDataset", "RandPerturbMaskd", "expand_input_channels",
     "segment_grid_volume", "slice_transforms",

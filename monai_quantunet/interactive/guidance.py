@@ -44,6 +44,7 @@ __all__ = [
     "LocalityGated",
     "refine_volume",
     "refine_files",
+    "example_inputs",
 ]
 
 INPUT_CHANNELS = 4  # image, current mask, foreground clicks, background clicks
@@ -264,3 +265,25 @@ def refine_files(network: nn.Module, segmentation_network: nn.Module, data: Sequ
             name = name.removesuffix(suffix)
         written.append(str(Path(output_dir) / f"{name}_seg.nii.gz"))
     return written
+
+
+def example_inputs(slices: torch.Tensor) -> torch.Tensor:
+    """Example network inputs ``(N, 4, H, W)`` from preprocessed image slices ``(N, 1, H, W)`` (export checks):
+    the image, a current mask (the brightest 5% of the slice), a foreground click at the mask's deepest point and
+    a background click at the slice's darkest corner region."""
+    from monai_quantunet.interactive.clicks import deepest_point, gaussian_disc
+
+    slices = torch.as_tensor(slices).float()
+    if slices.ndim != 4 or slices.shape[1] != 1:
+        raise ValueError(f"expected image slices (N, 1, H, W), got shape {tuple(slices.shape)}")
+    out = torch.zeros((slices.shape[0], INPUT_CHANNELS, *slices.shape[2:]))
+    out[:, 0] = slices[:, 0]
+    h, w = slices.shape[2:]
+    for n, image in enumerate(slices[:, 0]):
+        mask = image > torch.quantile(image.flatten(), 0.95)
+        out[n, 1] = mask.float()
+        point = deepest_point(mask.numpy())
+        if point is not None:
+            out[n, 2] = gaussian_disc((h, w), point)
+        out[n, 3] = gaussian_disc((h, w), (h // 8, w // 8))
+    return out
