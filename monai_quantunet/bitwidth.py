@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from brevitas.core.bit_width import BitWidthParameter
 from brevitas.nn import QuantConv2d, QuantConvTranspose2d, QuantIdentity, QuantReLU
 
 __all__ = [
@@ -176,7 +177,6 @@ def split_bit_width_parameters(model: nn.Module) -> tuple[list[nn.Parameter], li
     With a shared small learning rate the widths barely move (their gradient is O(1) per step, Brevitas
     issue 1177), so give the first group its own, larger learning rate and no weight decay.
     """
-    bits, rest = [], []
-    for name, param in model.named_parameters():
-        (bits if "bit_width" in name else rest).append(param)
-    return bits, rest
+    bits = [p for m in model.modules() if isinstance(m, BitWidthParameter) for p in m.parameters(recurse=False)]
+    ids = {id(p) for p in bits}
+    return bits, [p for p in model.parameters() if id(p) not in ids]

@@ -131,3 +131,14 @@ def test_fixed_mode_is_uniform():
     report = bit_width_report(QuantUNet(channels=SMALL, quantization="fixed", bit_width=3))
     assert {r.bits for r in report.layers if r.kind != "input"} == {3}
     assert report.compression_vs_float32 == pytest.approx(32 / 3)
+
+
+def test_bit_width_parameters_are_found_by_their_brevitas_modules():
+    """The learned widths are the BitWidthParameter offsets (23 weight + 18 activation quantizers), whatever the
+    surrounding modules are called; a fixed-width net has none."""
+    model = torch.nn.ModuleDict({"bit_width_free_head": torch.nn.Linear(2, 2), "net": QuantUNet(channels=SMALL)})
+    bits, rest = split_bit_width_parameters(model)
+    assert len(bits) == 23 + 18 and all(p.numel() == 1 for p in bits)
+    assert {id(p) for p in model["bit_width_free_head"].parameters()} <= {id(p) for p in rest}
+    assert len(bits) + len(rest) == len(list(model.parameters()))
+    assert split_bit_width_parameters(QuantUNet(channels=SMALL, quantization="fixed", bit_width=4))[0] == []

@@ -28,7 +28,8 @@ import torch.nn as nn
 from brevitas.nn import QuantConv2d, QuantConvTranspose2d, QuantIdentity, QuantReLU
 from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
 
-__all__ = ["QuantUNet", "FloatUNet", "QUANTIZATION_MODES", "MIN_BITS", "MAX_BITS"]
+__all__ = ["QuantUNet", "FloatUNet", "QUANTIZATION_MODES", "MIN_BITS", "MAX_BITS", "LearnedWidthWeightQuant",
+           "FixedWidthWeightQuant", "LearnedWidthActQuant", "FixedWidthActQuant", "InputQuant"]
 
 QUANTIZATION_MODES = ("learned", "fixed", "float")
 MIN_BITS = 2
@@ -190,54 +191,77 @@ class FloatUNet(QuantUNet):
         super().__init__(in_channels, out_channels, channels, quantization="float")
 
 
+class LearnedWidthWeightQuant(Int8WeightPerChannelFloat):
+    """Signed per-output-channel weights; scale initialised from the weights' statistics then learned; bit width a
+    learned parameter (Brevitas ``BitWidthParameter``), clamped by the layer's ``weight_bit_width_offset_*_val``."""
+
+    scaling_impl_type = "parameter_from_stats"
+    bit_width_impl_type = "parameter"
+
+
+class FixedWidthWeightQuant(Int8WeightPerChannelFloat):
+    """Signed per-output-channel weights; scale initialised from the weights' statistics then learned; constant
+    bit width (the layer's ``weight_bit_width``)."""
+
+    scaling_impl_type = "parameter_from_stats"
+
+
+class LearnedWidthActQuant(Uint8ActPerTensorFloat):
+    """Unsigned per-tensor activations (after ReLU); scale from a percentile of the first batches, then learned;
+    bit width a learned parameter clamped by the layer's ``bit_width_offset_*_val``."""
+
+    bit_width_impl_type = "parameter"
+    collect_stats_steps = ACT_STATS_STEPS
+
+
+class FixedWidthActQuant(Uint8ActPerTensorFloat):
+    """Unsigned per-tensor activations (after ReLU); scale from a percentile of the first batches, then learned;
+    constant bit width."""
+
+    collect_stats_steps = ACT_STATS_STEPS
+
+
+class InputQuant(Int8ActPerTensorFloat):
+    """The image: signed per-tensor, constant width (FINN's QONNX conversion rejects an unsigned input)."""
+
+    collect_stats_steps = ACT_STATS_STEPS
+
+
 class _LayerFactory:
-    """Builds the conv / activation layers of one quantization mode with shared settings."""
+    """Builds the conv / activation layers of one quantization mode: the mode picks the quantizer classes, the
+    network's widths go to the layers as keyword arguments (initial/constant width, clamp of learned widths)."""
 
     def __init__(self, quantization: str, bit_width: int, min_bit_width: int, max_bit_width: int) -> None:
         self.quantization = quantization
-        self.bit_width = bit_width
-        self.min_bit_width = min_bit_width
-        self.max_bit_width = max_bit_width
-
-    def _width_kwargs(self, prefix: str) -> dict:
-        if self.quantization == "fixed":
-            return {f"{prefix}bit_width": self.bit_width}
-        # Brevitas: width = clamp_ste(round_ste(|offset| + 2)); the offset_*_val bounds act on the total width.
-        return {
-            f"{prefix}bit_width": self.bit_width,
-            f"{prefix}bit_width_impl_type": "parameter",
-            f"{prefix}bit_width_offset_min_val": self.min_bit_width,
-            f"{prefix}bit_width_offset_max_val": self.max_bit_width,
-        }
-
-    def _weight_kwargs(self) -> dict:
-        return {
-            "bias": False,
-            "weight_quant": Int8WeightPerChannelFloat,
-            "weight_scaling_impl_type": "parameter_from_stats",
-            **self._width_kwargs("weight_"),
-        }
+        learned = quantization == "learned"
+        self.weight_quant = LearnedWidthWeightQuant if learned else FixedWidthWeightQuant
+        self.act_quant = LearnedWidthActQuant if learned else FixedWidthActQuant
+        # Brevitas: learned width = clamp_ste(round_ste(|offset| + 2)); offset_*_val bound the total width
+        clamp = {"bit_width_offset_min_val": min_bit_width, "bit_width_offset_max_val": max_bit_width} if learned else {}
+        self.width = {"bit_width": bit_width, **clamp}
 
     def conv(self, in_ch: int, out_ch: int, kernel_size: int) -> nn.Module:
         padding = kernel_size // 2
         if self.quantization == "float":
             return nn.Conv2d(in_ch, out_ch, kernel_size, padding=padding, bias=False)
-        return QuantConv2d(in_ch, out_ch, kernel_size, padding=padding, **self._weight_kwargs())
+        return QuantConv2d(in_ch, out_ch, kernel_size, padding=padding, bias=False, weight_quant=self.weight_quant,
+                           **{f"weight_{k}": v for k, v in self.width.items()})
 
     def conv_transpose(self, in_ch: int, out_ch: int) -> nn.Module:
         if self.quantization == "float":
             return nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2, bias=False)
-        return QuantConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2, **self._weight_kwargs())
+        return QuantConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2, bias=False,
+                                    weight_quant=self.weight_quant, **{f"weight_{k}": v for k, v in self.width.items()})
 
     def act(self) -> nn.Module:
         if self.quantization == "float":
             return nn.ReLU()
-        return QuantReLU(act_quant=Uint8ActPerTensorFloat, collect_stats_steps=ACT_STATS_STEPS, **self._width_kwargs(""))
+        return QuantReLU(act_quant=self.act_quant, **self.width)
 
     def input_quant(self, bit_width: int) -> nn.Module:
         if self.quantization == "float":
             return nn.Identity()
-        return QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=bit_width, collect_stats_steps=ACT_STATS_STEPS)
+        return QuantIdentity(act_quant=InputQuant, bit_width=bit_width)
 
 
 def _check_positive_int(name: str, value: int) -> None:
