@@ -1,5 +1,6 @@
-"""Click guidance (monai_quantunet.interactive): parsing, mapping through orientation/resize, maps, and the
-effect of clicks on a segmentation through the real inference chain."""
+"""Interactive refinement (monai_quantunet.interactive): clicks, the robot user's click placement, the reach and the
+locality gate, and the effect of clicks on the current mask through the real chain (``refine_volume`` =
+``inference.segment_volume`` + gate), with an analytic 4-input network and with the shipped interactive model."""
 
 from __future__ import annotations
 
@@ -9,14 +10,20 @@ import torch
 import torch.nn as nn
 
 from monai_quantunet.interactive import (
-    AddClickGuidanced,
+    REACH_RADIUS,
+    REACH_SLICES,
+    AddInteractionGuidanced,
     ClickError,
-    ErrorClickInteraction,
-    RandClickGuidanced,
+    ClickSimulation,
+    RandPerturbMaskd,
+    ReachLimitedNetwork,
     click_maps_3d,
-    deepest_point,
+    locality_gate,
     map_clicks,
     parse_clicks,
+    reach_mask,
+    refine_volume,
+    robot_click,
 )
 from monai_quantunet.metrics import volume_metrics
 
@@ -48,6 +55,60 @@ def test_map_clicks_through_flip_and_resize():
     np.testing.assert_allclose(out, [[0.0, 31.5, 5.0]])
 
 
+def test_robot_click_on_a_known_error_map():
+    """The largest connected error region decides the kind of click; the click is its deepest voxel."""
+    label = np.zeros((40, 40, 9), bool)
+    label[5:20, 5:20, 2:7] = True  # tumor
+    pred = label.copy()
+    pred[5:20, 5:11, 2:7] = False  # missed part: 15 x 6 x 5 = 450 voxels; 3 voxels deep at x 7..17, y 7..8, z 4
+    pred[30:35, 30:35, 2:7] = True  # false positive: 5 x 5 x 5 = 125 voxels, deepest (unique) at its centre
+    kind, point = robot_click(pred, label)
+    assert kind == "foreground"
+    assert point[2] == 4 and point[1] in (7, 8) and 7 <= point[0] <= 17
+    pred[5:20, 5:11, 2:7] = True  # fixed: the false positive is what is left
+    assert robot_click(pred, label) == ("background", (32, 32, 4))
+    assert robot_click(label, label) is None
+    # two separate missed regions: the larger one is clicked, not the one nearer to the origin
+    pred2 = label.copy()
+    pred2[5:8, 5:8, 2:4] = False
+    pred2[10:20, 10:20, 2:7] = False
+    kind2, (i, j, k) = robot_click(pred2, label)
+    assert kind2 == "foreground" and 12 <= i <= 17 and 12 <= j <= 17 and k == 4  # 3 voxels deep in the larger one
+    with pytest.raises(ValueError):
+        robot_click(pred[..., :3], label)
+
+
+def test_reach_and_gate_keep_the_mask_far_from_clicks():
+    pts = np.stack(np.meshgrid(np.arange(64), np.arange(64), np.arange(10), indexing="ij"), axis=-1).astype(float)
+    reach = reach_mask(pts, np.array([[20.0, 30.0, 5.0]]), radius=10, slices=2)
+    assert reach[20, 30, 3:8].all() and not reach[20, 30, 2] and not reach[20, 30, 8]
+    assert reach[30, 30, 5] and not reach[31, 30, 5]
+    refined = np.ones((64, 64, 10), bool)
+    current = np.zeros((64, 64, 10), bool)
+    gated, r = locality_gate(refined, current, np.eye(4), np.eye(4), np.array([[20.0, 30.0, 5.0]]), 10, 2)
+    np.testing.assert_array_equal(gated, r)
+    np.testing.assert_array_equal(r, reach)
+    same, none = locality_gate(refined, current, np.eye(4), np.eye(4), np.zeros((0, 3)))
+    assert not same.any() and not none.any()
+
+
+def test_reach_limited_network_runs_only_clicked_slices():
+    calls = []
+
+    class Count(nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return torch.full((x.shape[0], 1, *x.shape[2:]), 5.0)
+
+    x = torch.zeros(6, 4, 8, 8)
+    x[:, 1, :4] = 1.0  # current mask: upper half
+    x[2, 2, 3, 3] = 1.0  # a foreground click map on slice 2 only
+    out = ReachLimitedNetwork(Count())(x)
+    assert calls == [1]
+    assert (out[2] == 5).all()
+    assert (out[[0, 1, 3, 4, 5], 0, :4] > 0).all() and (out[[0, 1, 3, 4, 5], 0, 4:] < 0).all()
+
+
 def _volume(tmp_path, image_zyx, name="img.nii.gz"):
     img = SimpleITK.GetImageFromArray(image_zyx.astype(np.float32))
     img.SetSpacing((1.0, 1.0, 3.0))
@@ -58,93 +119,174 @@ def _volume(tmp_path, image_zyx, name="img.nii.gz"):
     return str(path)
 
 
-def test_add_click_guidance_lands_on_the_clicked_voxel(tmp_path):
-    """A click given in the original file's IJK lands on the same anatomy after RAS + resize."""
+def test_current_mask_and_clicks_land_on_the_same_voxels(tmp_path):
+    """The current mask (file grid) and a click (file IJK) land on the marker voxel after RAS + resize."""
     from monai_quantunet.transforms import inference_transforms
 
     zyx = np.zeros((6, 40, 48), np.float32)  # X=48, Y=40
     zyx[3, 30, 10] = 100.0  # marker voxel at IJK (10, 30, 3)
     path = _volume(tmp_path, zyx)
-    d = inference_transforms((48, 40))({"image": path})  # resize keeps the size: only the orientation changes
-    d = AddClickGuidanced()({**d, "foreground": [[10, 30, 3]]})
+    mask = np.zeros((48, 40, 6), bool)
+    mask[10, 30, 3] = True
+    d = inference_transforms((48, 40))({"image": path})
+    d = AddInteractionGuidanced()({**d, "current_mask": mask, "foreground": [[10, 30, 3]]})
     img = d["image"]
-    assert img.shape == (3, 48, 40, 6)
+    assert img.shape == (4, 48, 40, 6)
     marker = np.unravel_index(int(torch.argmax(img[0])), img.shape[1:])
-    peak = np.unravel_index(int(torch.argmax(img[1])), img.shape[1:])
-    assert tuple(marker) == tuple(peak)
+    assert tuple(np.unravel_index(int(torch.argmax(img[1])), img.shape[1:])) == tuple(marker)
+    assert tuple(np.unravel_index(int(torch.argmax(img[2])), img.shape[1:])) == tuple(marker)
+    fresh = inference_transforms((48, 40))({"image": path})
     with pytest.raises(ClickError):
-        AddClickGuidanced()({**d, "image": inference_transforms((48, 40))({"image": path})["image"], "background": [[48, 0, 0]]})
-
-
-def test_rand_click_guidance_and_error_clicks():
-    label = torch.zeros(1, 32, 32)
-    label[0, 10:20, 12:22] = 1
-    t = RandClickGuidanced(prob_no_click=0.0, max_foreground=2, max_background=2)
-    t.set_random_state(0)
-    out = t({"image": torch.rand(1, 32, 32), "label": label})
-    assert out["image"].shape == (3, 32, 32)
-    fg = out["image"][1]
-    if fg.max() > 0:
-        assert label[0][np.unravel_index(int(torch.argmax(fg)), fg.shape)] == 1
-    assert deepest_point(label[0].numpy() > 0) in [(14, 16), (14, 17), (15, 16), (15, 17)]
-    inputs = torch.zeros(1, 3, 32, 32)
-    clicked = ErrorClickInteraction.add_error_clicks(inputs, torch.full((1, 1, 32, 32), -1.0), label[None], sigma=2)
-    assert clicked[0, 1].max() == pytest.approx(1.0) and clicked[0, 2].max() == 0  # missed tumor -> fg click
+        AddInteractionGuidanced()({**fresh, "current_mask": mask, "background": [[48, 0, 0]]})
+    with pytest.raises(ValueError, match="current_mask"):
+        AddInteractionGuidanced()({**fresh, "current_mask": mask[:, :, :5]})
 
 
 class AnalyticInteractiveNet(nn.Module):
-    """An analytically reasonable interactive model: tumor where the image is bright, pushed up by
+    """A 4-input network that acts as a refinement model should: tumor where the image is bright, pushed up by
     foreground clicks and down by background clicks: ``logit = 20 (image - 0.55) + 30 fg - 30 bg``."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 1, 1)
+        self.conv = nn.Conv2d(4, 1, 1)
         with torch.no_grad():
-            self.conv.weight[:] = torch.tensor([20.0, 30.0, -30.0]).view(1, 3, 1, 1)
+            self.conv.weight[:] = torch.tensor([20.0, 0.0, 30.0, -30.0]).view(1, 4, 1, 1)
             self.conv.bias[:] = -20.0 * 0.55
 
     def forward(self, x):
         return self.conv(x)
 
 
-def _predict(net, path, foreground=(), background=()):
-    """The real segmentation chain with click guidance; mask back to (Z, Y, X) like the file."""
-    from monai_quantunet.inference import segment_volume
-
-    mask = segment_volume(net, path, (64, 64), guidance=AddClickGuidanced(sigma=3.0), foreground=list(foreground),
-                          background=list(background))
-    return mask.transpose(2, 1, 0)
-
-
-def test_clicks_fix_missed_tumor_and_false_positive(tmp_path):
-    """A foreground click inside a missed (faint) tumor lobe raises Dice; a background click on a bright
-    non-tumor blob removes that false positive."""
-    z, y, x = np.meshgrid(np.arange(8), np.arange(64), np.arange(64), indexing="ij")
-    image = np.full((8, 64, 64), 20.0)
-    bright = ((x - 20) / 6) ** 2 + ((y - 20) / 6) ** 2 + ((z - 4) / 2.5) ** 2 < 1
-    faint = ((x - 30) / 4) ** 2 + ((y - 22) / 4) ** 2 + ((z - 4) / 1.5) ** 2 < 1  # tumor, but low contrast
-    blob = ((x - 48) / 4) ** 2 + ((y - 48) / 4) ** 2 + ((z - 4) / 1.5) ** 2 < 1  # bright, not tumor
+def _phantom(tmp_path):
+    """(path, label, bright blob) as (X, Y, Z) = IJK arrays: a bright tumor, a faint (low contrast) tumor lobe
+    and a bright non-tumor blob, 12 slices."""
+    z, y, x = np.meshgrid(np.arange(12), np.arange(64), np.arange(64), indexing="ij")
+    image = np.full((12, 64, 64), 20.0)
+    bright = ((x - 20) / 6) ** 2 + ((y - 20) / 6) ** 2 + ((z - 6) / 2.5) ** 2 < 1
+    faint = ((x - 30) / 4) ** 2 + ((y - 22) / 4) ** 2 + ((z - 6) / 1.5) ** 2 < 1
+    blob = ((x - 48) / 4) ** 2 + ((y - 48) / 4) ** 2 + ((z - 6) / 1.5) ** 2 < 1
     image[bright] = 200
     image[faint & ~bright] = 60
     image[blob] = 200
-    label = bright | faint
     path = _volume(tmp_path, image)
+    to_ijk = lambda a: a.transpose(2, 1, 0)  # noqa: E731
+    return path, to_ijk(bright | faint), to_ijk(blob)
+
+
+def _outside_reach(shape, clicks, spatial=(64, 64)):
+    """File voxels clearly beyond every click's reach (in-plane grid pixels = file voxels here: 64 -> 64)."""
+    i, j, k = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    far = np.ones(shape, bool)
+    for c in clicks:
+        near = (np.abs(k - c[2]) <= REACH_SLICES) & ((i - c[0]) ** 2 + (j - c[1]) ** 2 <= (REACH_RADIUS + 1.5) ** 2)
+        far &= ~near
+    return far
+
+
+def test_clicks_refine_the_current_mask_locally(tmp_path):
+    """A foreground click in the missed lobe adds it; a background click on the false positive clears it; every
+    voxel beyond the reach of the clicks keeps the current mask, including a deliberately wrong far region."""
+    path, label, blob = _phantom(tmp_path)
     net = AnalyticInteractiveNet().eval()
+    current = (label & (np.arange(64)[:, None, None] < 27)) | blob  # bright tumor found, lobe missed, blob found
+    current[2:6, 58:62, 0:2] = True  # a wrong far-away region no click reaches: must stay
+    missed = label & ~current
+    kind, point = robot_click(current, label)
+    assert kind == "foreground" and missed[point]
 
-    auto = _predict(net, path)
-    dice0 = volume_metrics(torch.from_numpy(auto), torch.from_numpy(label))["dice"]
-    missed = label & ~auto
-    assert missed.sum() > 0 and (auto & blob).sum() > 0  # the automatic result misses the faint lobe, hits the blob
+    step1 = refine_volume(net, path, current, [list(point)], [], (64, 64))
+    assert step1[point]
+    i, j, k = point
+    assert step1[i - 1:i + 2, j - 1:j + 2, k].all()  # the clicked voxel and its neighbourhood are tumor
+    d0 = volume_metrics(torch.from_numpy(current), torch.from_numpy(label))["dice"]
+    d1 = volume_metrics(torch.from_numpy(step1), torch.from_numpy(label))["dice"]
+    assert d1 > d0 + 0.05, (d0, d1)
+    far = _outside_reach(current.shape, [point])
+    np.testing.assert_array_equal(step1[far], current[far])
+    assert step1[2:6, 58:62, 0:2].all()
 
-    zc, yc, xc = deepest_point(missed)
-    fg = _predict(net, path, foreground=[[xc, yc, zc]])  # clicks are IJK = (x, y, z)
-    dice1 = volume_metrics(torch.from_numpy(fg), torch.from_numpy(label))["dice"]
-    assert dice1 > dice0 + 0.05, (dice0, dice1)
+    bg = [48, 48, 6]
+    assert step1[tuple(bg)] and not label[tuple(bg)]
+    step2 = refine_volume(net, path, step1, [list(point)], [bg], (64, 64))
+    assert not (step2 & blob).any()  # false positive cleared
+    far2 = _outside_reach(current.shape, [point, bg])
+    np.testing.assert_array_equal(step2[far2], step1[far2])
+    assert step2[2:6, 58:62, 0:2].all()
+    # no clicks: the current mask, unchanged
+    np.testing.assert_array_equal(refine_volume(net, path, step2, [], [], (64, 64)), step2)
 
-    fp0 = int((fg & ~label).sum())
-    zb, yb, xb = deepest_point(fg & blob)
-    both = _predict(net, path, foreground=[[xc, yc, zc]], background=[[xb, yb, zb]])
-    fp1 = int((both & ~label).sum())
-    assert fp1 < 0.5 * fp0, (fp0, fp1)
-    dice2 = volume_metrics(torch.from_numpy(both), torch.from_numpy(label))["dice"]
-    print(f"Dice auto {dice0:.3f} -> +fg click {dice1:.3f} -> +bg click {dice2:.3f}; false positives {fp0} -> {fp1} voxels")
+
+def test_click_simulation_clicks_on_errors_and_feeds_back_the_gated_mask():
+    label = torch.zeros(2, 1, 32, 32)
+    label[:, 0, 8:20, 8:20] = 1
+    x = torch.zeros(2, 4, 32, 32)
+    x[0, 1, 8:20, 8:14] = 1  # sample 0: right part missed -> foreground click
+    x[1, 1] = label[1, 0]
+    x[1, 1, 26:31, 26:31] = 1  # sample 1: false positive -> background click
+    sim = ClickSimulation(prob_neighbour=0.0, reach_radius=6)
+    reach = torch.zeros(2, 32, 32, dtype=torch.bool)
+    y = x.clone()
+    sim.add_click(y, reach, (label[:, 0] > 0).numpy())
+    fg0 = np.unravel_index(int(torch.argmax(y[0, 2])), (32, 32))
+    assert y[0, 2].max() == pytest.approx(1.0) and y[0, 3].max() == 0 and label[0, 0][fg0] == 1 and x[0, 1][fg0] == 0
+    assert y[1, 3].max() == pytest.approx(1.0) and y[1, 2].max() == 0
+    assert reach[0][fg0] and not reach[0, 0, 0]
+
+    class Everything(nn.Module):  # predicts tumor everywhere: only the reach may take it
+        def forward(self, inp):
+            return torch.ones(inp.shape[0], 1, *inp.shape[2:])
+
+    out = sim.simulate(Everything(), x, label, rounds=2)
+    grown = (out[0, 1] > 0.5) & ~(x[0, 1] > 0.5)
+    assert grown.any() and not grown[0, 0] and not grown[31, 31]  # changed only near the first click
+
+
+def test_perturbation_changes_the_mask_only():
+    t = RandPerturbMaskd(prob=1.0)
+    t.set_random_state(0)
+    mask = torch.zeros(1, 32, 32)
+    mask[0, 10:20, 10:20] = 1
+    changed = 0
+    for _ in range(10):
+        out = t({"image": torch.rand(1, 32, 32), "mask": mask.clone(), "label": mask.clone()})
+        assert out["mask"].shape == (1, 32, 32) and torch.equal(out["label"], mask)
+        changed += int(not torch.equal(out["mask"], mask))
+    assert changed >= 7
+
+
+@pytest.fixture(scope="module")
+def shipped_interactive():
+    from conftest import REPO
+
+    from monai_quantunet.bundle import network_from_bundle
+    from monai_quantunet.checkpoint import load_checkpoint
+
+    bundle = REPO / "bundles" / "quantunet_interactive_tumor_seg"
+    return load_checkpoint(network_from_bundle(bundle), bundle / "models" / "model.pt").eval()
+
+
+def test_shipped_model_adds_missed_tumor_and_clears_false_positive(tmp_path, shipped_interactive):
+    """The shipped interactive model through the real chain on a generated volume (the app's test volumes)."""
+    from slicer_server import DIRECTION, synthetic_case, write_volume
+
+    image, label_zyx = synthetic_case(3)
+    path = tmp_path / "case.nii.gz"
+    write_volume(path, image, direction=DIRECTION)
+    label = label_zyx.transpose(2, 1, 0) > 0
+    missing = np.zeros_like(label)  # nothing found yet: the whole tumor is missed
+    point = robot_click(missing, label)[1]
+    out = refine_volume(shipped_interactive, str(path), missing, [list(point)], [], (128, 128))
+    i, j, k = point
+    assert out[i - 1:i + 2, j - 1:j + 2, k].all()
+    assert volume_metrics(torch.from_numpy(out), torch.from_numpy(label))["dice"] > 0.3
+    far = _outside_reach(label.shape, [point])  # the 64 x 48 volume is resized up to 128: reach is in grid pixels
+    assert not out[far].any()
+
+    fp = label.copy()
+    fp[2:10, 2:10, 3:6] = True  # a false positive in a corner
+    kind, bpoint = robot_click(fp, label)
+    assert kind == "background"
+    out2 = refine_volume(shipped_interactive, str(path), fp, [], [list(bpoint)], (128, 128))
+    assert not out2[bpoint] and (out2 & ~label).sum() < 0.5 * (fp & ~label).sum()
+    dice = lambda m: volume_metrics(torch.from_numpy(m), torch.from_numpy(label))["dice"]  # noqa: E731
+    assert dice(out2) > dice(fp)
