@@ -1,0 +1,134 @@
+"""The interactive bundle (bundles/quantunet_interactive_tumor_seg) in the model zoo's way: ConfigWorkflow train
+(1 epoch on generated volumes, tiny network started from a tiny segmentation checkpoint), inference with a clicks
+file, metadata against the zoo's schema, the shipped checkpoint in its network_def, export."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from conftest import REPO, SHARED_DATA
+
+BUNDLE = REPO / "bundles" / "quantunet_interactive_tumor_seg"
+CONFIGS = BUNDLE / "configs"
+TINY = {"channels": [4, 8, 8, 16, 16], "spatial_size": [32, 32]}
+
+
+def _run(config_file, **override):
+    workflow = ConfigWorkflow(config_file=config_file, workflow_type=override.pop("workflow_type", None), **override)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def tiny_segmentation(tmp_path_factory):
+    from monai_quantunet.networks import QuantUNet
+    from monai_quantunet.networks.quantunet import ACT_STATS_STEPS
+
+    path = tmp_path_factory.mktemp("seg") / "seg.pt"
+    torch.manual_seed(0)
+    net = QuantUNet(in_channels=1, channels=TINY["channels"], quantization="learned", bit_width=4, max_bit_width=4)
+    with torch.no_grad():  # activation scales exist after Brevitas' statistics steps, as in a trained checkpoint
+        for _ in range(ACT_STATS_STEPS + 1):
+            net.train()(torch.rand(2, 1, 32, 32))
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dataset, tiny_segmentation, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    workflow = _run(str(CONFIGS / "train.json"), workflow_type="train", bundle_root=str(BUNDLE),
+                    dataset_dir=str(synthetic_dataset), segmentation_checkpoint=str(tiny_segmentation), max_epochs=1,
+                    samples_per_epoch=8, batch_size=4, ckpt_dir=str(out), output_dir=str(out), **TINY)
+    return workflow, out
+
+
+def test_train_workflow(trained, tiny_segmentation):
+    workflow, out = trained
+    assert workflow.check_properties() == []
+    assert (out / "model.pt").is_file()
+    history = json.loads((out / "bit_widths.json").read_text())
+    assert history[0]["epoch"] == 1 and 0 <= history[0]["val_dice"] <= 1
+    assert len([r for r in history[0]["layers"] if r["kind"] == "weight"]) == 23
+    state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert state["encoder.0.0.weight"].shape[1] == 4  # image, current mask, foreground, background clicks
+    assert any("bit_width_offset" in k for k in state)  # learned widths
+    # initialised from the segmentation checkpoint: the image channel's weights came from it
+    seg = torch.load(tiny_segmentation, map_location="cpu", weights_only=True)
+    net = workflow.parser.get_parsed_content("network")
+    assert net.encoder[0][0].weight.shape[1] == 4 and seg["encoder.0.0.weight"].shape[1] == 1
+
+
+def test_inference_refines_with_a_clicks_file(trained, synthetic_dataset, tiny_segmentation, tmp_path):
+    _, out = trained
+    images = sorted((synthetic_dataset / "imagesTr").glob("*.nii.gz"))[:2]
+    clicks = {images[0].name: {"foreground": [[24, 24, 4]], "background": [[2, 2, 1]]}}
+    clicks_file = tmp_path / "clicks.json"
+    clicks_file.write_text(json.dumps(clicks))
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for p in images:
+        (in_dir / p.name).write_bytes(p.read_bytes())
+    _run(str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), dataset_dir=str(in_dir),
+         checkpoint=str(out / "model.pt"), segmentation_checkpoint=str(tiny_segmentation), clicks_file=str(clicks_file),
+         output_dir=str(tmp_path / "out"), **TINY)
+    for p in images:
+        mask = nib.load(tmp_path / "out" / p.name.replace(".nii.gz", "_seg.nii.gz"))
+        assert mask.shape == nib.load(p).shape
+        np.testing.assert_allclose(mask.affine, nib.load(p).affine)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    clicks_file.write_text(json.dumps({"nosuch.nii.gz": {"foreground": [[1, 1, 1]]}}))
+    with pytest.raises(RuntimeError) as err:  # the config wraps the library's ValueError naming the file
+        _run(str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), dataset_dir=str(in_dir),
+             checkpoint=str(out / "model.pt"), segmentation_checkpoint=str(tiny_segmentation),
+             clicks_file=str(clicks_file), output_dir=str(tmp_path / "out2"), **TINY)
+    assert isinstance(err.value.__cause__, ValueError) and "nosuch.nii.gz" in str(err.value.__cause__)
+
+
+def test_shipped_checkpoint_fits_the_network_def():
+    from monai_quantunet.bitwidth import bit_width_report
+    from monai_quantunet.bundle import network_from_bundle
+    from monai_quantunet.checkpoint import load_checkpoint
+
+    net = load_checkpoint(network_from_bundle(BUNDLE), BUNDLE / "models" / "model.pt")
+    assert net.encoder[0][0].weight.shape[1] == 4
+    report = bit_width_report(net)
+    assert 2 <= report.mean_weight_bits <= 4 and 2 <= report.mean_activation_bits <= 4
+
+
+def test_metadata_matches_zoo_schema_and_network():
+    jsonschema = pytest.importorskip("jsonschema")
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    schema_path = SHARED_DATA.parent / "zoo_schema" / meta["schema"].rsplit("/", 1)[-1]
+    if not schema_path.is_file():
+        pytest.skip(f"schema copy not available at {schema_path}")
+    jsonschema.validate(meta, json.loads(schema_path.read_text()))
+    assert meta["version"] in meta["changelog"]
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), n=1, device="cpu", bundle_root=str(BUNDLE),
+                      channels=TINY["channels"])
+
+
+def test_export_accepts_the_interactive_model(tmp_path):
+    """`python -m monai_quantunet export --config_file <inference.json>`: QONNX / QCDQ checked against PyTorch."""
+    from monai_quantunet.__main__ import main
+
+    rc = main(["export", "--checkpoint", str(BUNDLE / "models" / "model.pt"), "--out", str(tmp_path / "export"),
+               "--config_file", str(CONFIGS / "inference.json"), "--num-slices", "2", "--no-qonnx-cost"])
+    assert rc == 0
+    assert (tmp_path / "export" / "model.qonnx.onnx").is_file() and (tmp_path / "export" / "model.qcdq.onnx").is_file()
+    import onnx
+
+    model = onnx.load(str(tmp_path / "export" / "model.qcdq.onnx"))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [4, 128, 128]
