@@ -2,6 +2,7 @@
 
 * :func:`make_optimizer`: Adam with the learned bit widths in their own parameter group (own learning rate,
   no weight decay): with a shared small learning rate the widths do not move (Brevitas issue 1177).
+* :func:`freeze_bit_widths`: train at frozen widths.
 * :class:`QuantUNetStatsHandler`: ignite handler that prints one line per epoch (loss parts, validation Dice,
   mean weight / activation bits) and writes the per-layer widths as JSON history and a PNG each epoch.
 """
@@ -18,7 +19,7 @@ import torch.nn as nn
 
 from monai_quantunet.bitwidth import bit_width_report, split_bit_width_parameters
 
-__all__ = ["make_optimizer", "QuantUNetStatsHandler", "plot_bit_width_history"]
+__all__ = ["make_optimizer", "freeze_bit_widths", "QuantUNetStatsHandler", "plot_bit_width_history"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,19 @@ def make_optimizer(
     if bits:
         groups.append({"params": bits, "lr": bit_lr, "weight_decay": 0.0})
     return torch.optim.Adam(groups)
+
+
+def freeze_bit_widths(network: nn.Module) -> int:
+    """Keep the learned bit widths of ``network`` as they are (no gradient); returns how many were frozen.
+
+    The one way to train at frozen widths: the bundle's ``--freeze_bit_widths true`` and the MONAI Label
+    app's fine-tuning both call it. Call it after loading a checkpoint: Brevitas re-creates the width parameters
+    (trainable again) when a state_dict is loaded.
+    """
+    bits, _ = split_bit_width_parameters(network)
+    for p in bits:
+        p.requires_grad_(False)
+    return len(bits)
 
 
 class QuantUNetStatsHandler:

@@ -210,3 +210,26 @@ def test_multi_gpu_config_trains_with_two_cpu_processes(synthetic_dataset, tmp_p
     # rank 0 alone logs, writes TensorBoard events and saves; rank 1 trains and joins the distributed validation
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # rank 0: train and validation writers
     assert result.stdout.count("Key metric: val_mean_dice") + result.stderr.count("Key metric: val_mean_dice") == 1
+
+
+def test_training_at_frozen_widths(trained, synthetic_dataset, tmp_path):
+    """--freeze_bit_widths true continues a learned-width checkpoint with its widths unchanged, even at a large bit
+    learning rate."""
+    from monai_quantunet.bitwidth import bit_width_report, split_bit_width_parameters
+    from monai_quantunet.checkpoint import load_checkpoint
+
+    _, out = trained
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", bundle_root=str(BUNDLE),
+                              dataset_dir=str(synthetic_dataset), init_checkpoint=str(out / "model.pt"),
+                              freeze_bit_widths=True, bit_learning_rate=0.5, max_epochs=1, samples_per_epoch=8,
+                              batch_size=4, ckpt_dir=str(tmp_path), output_dir=str(tmp_path), **TINY)
+    workflow.initialize()
+    workflow.run()
+    net = workflow.parser.get_parsed_content("network")
+    workflow.finalize()
+    start = load_checkpoint(workflow.parser.get_parsed_content("network_def", lazy=False), out / "model.pt")  # a new one
+    bits, _ = split_bit_width_parameters(net)
+    assert len(bits) == 23 + 18 and not any(p.requires_grad for p in bits)
+    for p, q in zip(bits, split_bit_width_parameters(start)[0]):
+        assert torch.equal(p, q)
+    assert bit_width_report(net).to_dict() == bit_width_report(start).to_dict()

@@ -37,14 +37,14 @@ from monai.transforms import Activationsd, AsDiscreted
 
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.tasks.train.handler import PublishStatsAndModel, prepare_stats
+from monailabel.utils.others.generic import strtobool
 
 from lib.checkpoints import load_checkpoint_or_warn
 from lib.files import atomic_copy
-from monai_quantunet.bitwidth import split_bit_width_parameters
 from monai_quantunet.inference import slice_inferer
 from monai_quantunet.metrics import mean_volume_dice
 from monai_quantunet.losses import QuantUNetLoss
-from monai_quantunet.training import QuantUNetStatsHandler, make_optimizer
+from monai_quantunet.training import QuantUNetStatsHandler, freeze_bit_widths, make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +139,11 @@ class QuantUNetTrainTask(BasicTrainTask):
     def network(self, context: Context):
         net = self._network_factory()
         load_checkpoint_or_warn(net, self._start_checkpoint(), f"{self.__class__.__name__} training start")
-        if _truthy(context.request.get("freeze_batch_norm")):
+        if strtobool(context.request.get("freeze_batch_norm")):
             n = keep_batch_norm_frozen(net)
             logger.info(f"BatchNorm statistics and affine parameters frozen ({n} layers)")
-        if _truthy(context.request.get("freeze_bit_widths")):
-            bits, _ = split_bit_width_parameters(net)
-            for p in bits:
-                p.requires_grad_(False)
-            logger.info(f"bit widths frozen ({len(bits)} parameters)")
+        if strtobool(context.request.get("freeze_bit_widths")):
+            logger.info(f"bit widths frozen ({freeze_bit_widths(net)} parameters)")
         return net
 
     def _load_checkpoint(self, context, train_handlers):
@@ -245,7 +242,7 @@ class GuardedPublisher(PublishStatsAndModel):
         self.context = context
         self.published = False
         self.holdout = len(context.val_datalist or [])
-        self.force = _truthy(context.request.get("publish_without_holdout", False))
+        self.force = strtobool(context.request.get("publish_without_holdout", False))
         self.min_gain = float(context.request.get("min_dice_gain", 0.01))
         self.min_holdout = int(context.request.get("min_holdout_volumes", 2))
         self.enough = self.holdout >= max(1, self.min_holdout)
@@ -358,6 +355,3 @@ def keep_batch_norm_frozen(net: torch.nn.Module) -> int:
     net.register_forward_pre_hook(to_eval)
     return len(norms)
 
-
-def _truthy(v) -> bool:
-    return str(v).lower() in ("1", "true", "yes", "on")
