@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from monai_quantunet.interactive import (
+    CLICK_CORE_RADIUS,
     REACH_RADIUS,
     REACH_SLICES,
     AddInteractionGuidanced,
@@ -85,11 +86,30 @@ def test_reach_and_gate_keep_the_mask_far_from_clicks():
     assert reach[30, 30, 5] and not reach[31, 30, 5]
     refined = np.ones((64, 64, 10), bool)
     current = np.zeros((64, 64, 10), bool)
-    gated, r = locality_gate(refined, current, np.eye(4), np.eye(4), np.array([[20.0, 30.0, 5.0]]), 10, 2)
-    np.testing.assert_array_equal(gated, r)
+    click = np.array([[20.0, 30.0, 5.0]])
+    gated, r = locality_gate(refined, current, np.eye(4), np.eye(4), click, [], 10, 2)
+    np.testing.assert_array_equal(gated, r)  # a foreground click adds what the network found, within reach only
     np.testing.assert_array_equal(r, reach)
     same, none = locality_gate(refined, current, np.eye(4), np.eye(4), np.zeros((0, 3)))
     assert not same.any() and not none.any()
+
+
+def test_gate_direction_follows_the_click_kind():
+    """A foreground click never removes tumor, a background click never adds any; the clicked voxel takes the
+    click's label even when the network disagrees."""
+    rng = np.random.default_rng(0)
+    refined = rng.random((40, 40, 6)) > 0.5
+    current = rng.random((40, 40, 6)) > 0.5
+    fg, bg = np.array([[10.0, 10.0, 2.0]]), np.array([[30.0, 30.0, 3.0]])
+    gated, reach = locality_gate(refined, current, np.eye(4), np.eye(4), fg, bg, radius=6, slices=1)
+    pts = np.stack(np.meshgrid(*[np.arange(s) for s in current.shape], indexing="ij"), axis=-1).astype(float)
+    rf, rb = reach_mask(pts, fg, 6, 1), reach_mask(pts, bg, 6, 1)
+    core_f, core_b = reach_mask(pts, fg, CLICK_CORE_RADIUS, 0), reach_mask(pts, bg, CLICK_CORE_RADIUS, 0)
+    np.testing.assert_array_equal(gated[~reach], current[~reach])
+    assert (gated[rf] >= current[rf]).all() and (gated[rb] <= current[rb]).all()
+    np.testing.assert_array_equal(gated[rf & ~core_f], (current | refined)[rf & ~core_f])
+    np.testing.assert_array_equal(gated[rb & ~core_b], (current & refined)[rb & ~core_b])
+    assert gated[10, 10, 2] and not gated[30, 30, 3] and gated[core_f].all() and not gated[core_b].any()
 
 
 def test_reach_limited_network_runs_only_clicked_slices():
@@ -224,13 +244,13 @@ def test_click_simulation_clicks_on_errors_and_feeds_back_the_gated_mask():
     x[1, 1] = label[1, 0]
     x[1, 1, 26:31, 26:31] = 1  # sample 1: false positive -> background click
     sim = ClickSimulation(prob_neighbour=0.0, reach_radius=6)
-    reach = torch.zeros(2, 32, 32, dtype=torch.bool)
+    reach = torch.zeros(2, 2, 32, 32, dtype=torch.bool)  # (foreground / background, batch, H, W)
     y = x.clone()
     sim.add_click(y, reach, (label[:, 0] > 0).numpy())
     fg0 = np.unravel_index(int(torch.argmax(y[0, 2])), (32, 32))
     assert y[0, 2].max() == pytest.approx(1.0) and y[0, 3].max() == 0 and label[0, 0][fg0] == 1 and x[0, 1][fg0] == 0
     assert y[1, 3].max() == pytest.approx(1.0) and y[1, 2].max() == 0
-    assert reach[0][fg0] and not reach[0, 0, 0]
+    assert reach[0, 0][fg0] and not reach[0, 0, 0, 0] and not reach[1, 0].any() and reach[1, 1].any()
 
     class Everything(nn.Module):  # predicts tumor everywhere: only the reach may take it
         def forward(self, inp):
@@ -239,6 +259,7 @@ def test_click_simulation_clicks_on_errors_and_feeds_back_the_gated_mask():
     out = sim.simulate(Everything(), x, label, rounds=2)
     grown = (out[0, 1] > 0.5) & ~(x[0, 1] > 0.5)
     assert grown.any() and not grown[0, 0] and not grown[31, 31]  # changed only near the first click
+    assert torch.equal(out[1, 1], x[1, 1])  # a background click never adds tumor, whatever the network says
 
 
 def test_perturbation_changes_the_mask_only():

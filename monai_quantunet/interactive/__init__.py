@@ -22,6 +22,7 @@ from monai_quantunet.interactive.clicks import (
     robot_click,
 )
 from monai_quantunet.interactive.guidance import (
+    CLICK_CORE_RADIUS,
     INPUT_CHANNELS,
     AddInteractionGuidanced,
     LocalityGated,
@@ -41,15 +42,16 @@ from monai_quantunet.interactive.training import (
     InteractiveSliceDataset,
     RandPerturbMaskd,
     expand_input_channels,
+    directional_gate,
     segment_grid_volume,
     slice_transforms,
 )
 
 __all__ = [
-    "DEFAULT_SIGMA", "DEFAULT_SLICE_WEIGHTS", "REACH_RADIUS", "REACH_SLICES", "INPUT_CHANNELS", "ClickError",
+    "DEFAULT_SIGMA", "DEFAULT_SLICE_WEIGHTS", "REACH_RADIUS", "REACH_SLICES", "INPUT_CHANNELS", "CLICK_CORE_RADIUS", "ClickError",
     "click_maps_3d", "deepest_point", "gaussian_disc", "map_clicks", "parse_clicks", "reach_mask", "robot_click",
     "AddInteractionGuidanced", "LocalityGated", "ReachLimitedNetwork", "locality_gate", "refine_volume", "refine_files", "example_inputs",
     "AddAutoMaskd", "AddRobotClicksd", "ClickRefinementInferer", "ClickSimulation", "GateByReachd",
     "InteractionInputsd", "InteractiveSliceDataset", "RandPerturbMaskd", "expand_input_channels",
-    "segment_grid_volume", "slice_transforms",
+    "segment_grid_volume", "slice_transforms", "directional_gate",
 ]

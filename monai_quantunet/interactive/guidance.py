@@ -9,7 +9,8 @@ mask is kept, voxel for voxel, by the locality gate applied in the input's own v
   IJK) -> the 4 input channels at the network's grid; records the grid and the mapped clicks for the gate.
 * :class:`ReachLimitedNetwork`: runs the network only on slices that hold a click map (the others are outside
   every click's reach and would be discarded by the gate): a click costs 5 slices, not the whole volume.
-* :func:`locality_gate` / :class:`LocalityGated`: ``where(reach, refined, current)`` in the input's voxel grid.
+* :func:`locality_gate` / :class:`LocalityGated`: the refined mask only within the clicks' reach (foreground clicks
+  only add tumor, background clicks only remove it), the current mask elsewhere, in the input's voxel grid.
 * :func:`refine_volume`: the chain on one file (``inference.segment_volume`` + the gate), as the MONAI Label app
   runs it.
 """
@@ -38,6 +39,7 @@ from monai_quantunet.interactive.clicks import (
 
 __all__ = [
     "INPUT_CHANNELS",
+    "CLICK_CORE_RADIUS",
     "AddInteractionGuidanced",
     "ReachLimitedNetwork",
     "locality_gate",
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 INPUT_CHANNELS = 4  # image, current mask, foreground clicks, background clicks
+CLICK_CORE_RADIUS = 2.0  # pixels of the network's grid around a click that take the click's label
 KEEP_LOGIT = 10.0  # logit magnitude standing for "keep the current mask" on slices the network does not run on
 
 
@@ -146,28 +149,48 @@ def locality_gate(
     current: np.ndarray,
     file_affine,
     grid_affine,
-    clicks: np.ndarray,
+    foreground: np.ndarray,
+    background: np.ndarray = (),
     radius: float = REACH_RADIUS,
     slices: int = REACH_SLICES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(where(reach, refined, current), reach)`` in the input file's voxel grid.
+    """``(gated, reach)`` in the input file's voxel grid: the refined mask kept only where the clicks reach, and
+    only in the direction each click asks for.
 
-    ``clicks``: ``(N, 3)`` at the network's grid (``grid_affine``); each voxel of the file grid
-    (``file_affine``) is mapped to the network's grid and tested with :func:`~.clicks.reach_mask`.
+    * beyond the reach of every click: the current mask;
+    * within the reach of foreground clicks only: ``current | refined`` (a foreground click adds tumor, it never
+      removes any);
+    * within the reach of background clicks only: ``current & refined`` (a background click removes, never adds);
+    * within the reach of both kinds: ``refined``;
+    * on a click's own slice within ``CLICK_CORE_RADIUS`` (2) pixels of the grid: the click's label (the clicked
+      voxel is what the annotator said it is).
+
+    ``foreground`` / ``background``: ``(N, 3)`` clicks at the network's grid (``grid_affine``); each voxel of the
+    file grid (``file_affine``) is mapped to the network's grid and tested with :func:`~.clicks.reach_mask`.
     """
     refined, current = np.asarray(refined, dtype=bool), np.asarray(current, dtype=bool)
     if refined.shape != current.shape:
         raise ValueError(f"refined mask {refined.shape} and current mask {current.shape} differ in shape")
-    clicks = np.asarray(clicks, dtype=float).reshape(-1, 3)
-    if len(clicks) == 0:
+    foreground = np.asarray(foreground, dtype=float).reshape(-1, 3)
+    background = np.asarray(background, dtype=float).reshape(-1, 3)
+    if len(foreground) + len(background) == 0:
         return current.copy(), np.zeros_like(current)
     m = np.linalg.inv(np.asarray(grid_affine, dtype=float)) @ np.asarray(file_affine, dtype=float)
     i, j, k = (np.arange(s, dtype=np.float32) for s in current.shape)
     pts = np.empty((*current.shape, 3), dtype=np.float32)
     for a in range(3):  # grid coordinate a of every file voxel (affine map, broadcast per axis)
         pts[..., a] = m[a, 0] * i[:, None, None] + m[a, 1] * j[None, :, None] + m[a, 2] * k[None, None, :] + m[a, 3]
-    reach = reach_mask(pts, clicks, radius, slices)
-    return np.where(reach, refined, current), reach
+    reach_fg = reach_mask(pts, foreground, radius, slices)
+    reach_bg = reach_mask(pts, background, radius, slices)
+    gated = current.copy()
+    only_fg, only_bg, both = reach_fg & ~reach_bg, reach_bg & ~reach_fg, reach_fg & reach_bg
+    gated[only_fg] |= refined[only_fg]
+    gated[only_bg] &= refined[only_bg]
+    gated[both] = refined[both]
+    # the clicked voxel takes the click's label (its slice, within CLICK_CORE_RADIUS pixels of the grid)
+    gated[reach_mask(pts, foreground, CLICK_CORE_RADIUS, 0)] = True
+    gated[reach_mask(pts, background, CLICK_CORE_RADIUS, 0)] = False
+    return gated, reach_fg | reach_bg
 
 
 class LocalityGated(MapTransform):
@@ -186,10 +209,10 @@ class LocalityGated(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         pred = d[self.pred_key]
-        clicks = np.asarray(d["guidance_clicks"]["foreground"] + d["guidance_clicks"]["background"], dtype=float)
+        clicks = d["guidance_clicks"]
         current = _as_mask_array(d[self.mask_key], self.mask_key)
         gated, reach = locality_gate(np.asarray(pred[0]) > 0, current, np.asarray(pred.affine), d["grid_affine"],
-                                     clicks, self.radius, self.slices)
+                                     clicks["foreground"], clicks["background"], self.radius, self.slices)
         out = torch.from_numpy(gated[None].astype(np.float32))
         d[self.pred_key] = MetaTensor(out, meta=pred.meta) if isinstance(pred, MetaTensor) else out
         d["reach"] = reach
@@ -229,9 +252,9 @@ def refine_volume(
 
     refined = segment_volume(ReachLimitedNetwork(network), image_path, spatial_size, guidance=guidance,
                              current_mask=current, foreground=list(foreground), background=list(background))
-    clicks = np.asarray(record["clicks"]["foreground"] + record["clicks"]["background"], dtype=float)
-    gated, _ = locality_gate(refined, current, record["file_affine"], record["grid_affine"], clicks, radius,
-                             len(slice_weights) - 1)
+    clicks = record["clicks"]
+    gated, _ = locality_gate(refined, current, record["file_affine"], record["grid_affine"], clicks["foreground"],
+                             clicks["background"], radius, len(slice_weights) - 1)
     return gated
 
 

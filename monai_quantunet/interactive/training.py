@@ -49,6 +49,7 @@ __all__ = [
     "GateByReachd",
     "ClickRefinementInferer",
     "slice_transforms",
+    "directional_gate",
 ]
 
 
@@ -122,15 +123,37 @@ class InteractiveSliceDataset(torch.utils.data.Dataset):
 
 
 class RandPerturbMaskd(Randomizable, MapTransform):
-    """With probability ``prob``, one random error added to the mask ``(1, H, W)`` of a slice: erosion or
-    dilation by 1-``max_iterations`` pixels, a connected region dropped, a false-positive blob (near the tumor or
-    anywhere in the brain), or the mask cut by a random line (a partly missed tumor)."""
+    """With probability ``prob``, one random error added to the mask ``(1, H, W)`` of a slice: with probability
+    ``prob_bright_false_positive`` a bright non-tumor structure of the image (the segmentation model's typical
+    false positive), else erosion or dilation by 1-``max_iterations`` pixels, a connected region dropped, a
+    false-positive blob (near the tumor or anywhere in the brain), or the mask cut by a random line (a partly
+    missed tumor)."""
 
     def __init__(self, mask_key: str = "mask", label_key: str = "label", image_key: str = "image",
-                 prob: float = 0.5, max_iterations: int = 4) -> None:
+                 prob: float = 0.5, max_iterations: int = 4, prob_bright_false_positive: float = 0.0) -> None:
         MapTransform.__init__(self, [mask_key, label_key])
         self.mask_key, self.label_key, self.image_key = mask_key, label_key, image_key
         self.prob, self.max_iterations = prob, max_iterations
+        self.prob_bright_false_positive = prob_bright_false_positive
+
+    def _bright_false_positive(self, image: np.ndarray, label: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The mask plus a bright non-tumor structure of the image (what the segmentation model mistakes for
+        tumor): a connected region above a high intensity percentile, away from the tumor, cut to a disc."""
+        from scipy import ndimage
+
+        brain = image > 0.05
+        if brain.sum() < 20:
+            return mask
+        high = image > np.quantile(image[brain], self.R.uniform(0.85, 0.97))
+        candidates = high & ~ndimage.binary_dilation(label, iterations=2)
+        if not candidates.any():
+            return mask
+        regions, _ = ndimage.label(candidates)
+        pts = np.argwhere(candidates)
+        cy, cx = pts[self.R.randint(len(pts))]
+        yy, xx = np.ogrid[: mask.shape[0], : mask.shape[1]]
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= self.R.uniform(4, 15) ** 2
+        return mask | ((regions == regions[cy, cx]) & disc)
 
     def randomize(self, data=None) -> None:
         pass
@@ -143,6 +166,10 @@ class RandPerturbMaskd(Randomizable, MapTransform):
             return d
         mask = np.asarray(torch.as_tensor(d[self.mask_key])[0]) > 0.5
         label = np.asarray(torch.as_tensor(d[self.label_key])[0]) > 0.5
+        if self.prob_bright_false_positive > 0 and self.R.rand() < self.prob_bright_false_positive:
+            image = np.asarray(torch.as_tensor(d[self.image_key])[0])
+            d[self.mask_key] = torch.from_numpy(self._bright_false_positive(image, label, mask)[None].astype(np.float32))
+            return d
         op = self.R.randint(0, 5)
         k = int(self.R.randint(1, self.max_iterations + 1))
         if op == 0 and mask.any():
@@ -185,6 +212,19 @@ class InteractionInputsd(MapTransform):
         return d
 
 
+def directional_gate(refined: torch.Tensor, current: torch.Tensor, reach_fg: torch.Tensor,
+                     reach_bg: torch.Tensor) -> torch.Tensor:
+    """The rule of :func:`~.guidance.locality_gate` on boolean tensors of one shape: the current mask beyond the
+    reach, ``current | refined`` within foreground reach only, ``current & refined`` within background reach
+    only, ``refined`` within both."""
+    out = current.clone()
+    only_fg, only_bg, both = reach_fg & ~reach_bg, reach_bg & ~reach_fg, reach_fg & reach_bg
+    out[only_fg] = current[only_fg] | refined[only_fg]
+    out[only_bg] = current[only_bg] & refined[only_bg]
+    out[both] = refined[both]
+    return out
+
+
 class ClickSimulation:
     """``iteration_update`` for MONAI's ``SupervisedTrainer``: robot clicks on the errors of the current mask.
 
@@ -205,7 +245,8 @@ class ClickSimulation:
         self.rng = np.random.default_rng(seed)
 
     def add_click(self, x: torch.Tensor, reach: torch.Tensor, labels: np.ndarray) -> None:
-        """One robot click per slice of ``x`` (in place) on ``mask != label``; ``reach`` grows around it."""
+        """One robot click per slice of ``x`` (in place) on ``mask != label``; ``reach`` (``(2, B, H, W)``:
+        foreground, background) grows around it."""
         h, w = x.shape[-2:]
         masks = (x[:, 1] > 0.5).cpu().numpy()
         for b in range(x.shape[0]):
@@ -219,19 +260,18 @@ class ClickSimulation:
             ch = 2 if kind == "foreground" else 3
             x[b, ch] = torch.maximum(x[b, ch], weight * gaussian_disc((h, w), point, self.sigma).to(x.device))
             yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-            reach[b] |= ((yy - point[0]) ** 2 + (xx - point[1]) ** 2 <= self.reach_radius**2).to(reach.device)
+            reach[ch - 2, b] |= ((yy - point[0]) ** 2 + (xx - point[1]) ** 2 <= self.reach_radius**2).to(reach.device)
 
     @torch.no_grad()
     def simulate(self, network: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, rounds: int) -> torch.Tensor:
         x = inputs.clone()
         lab = (labels[:, 0] > 0.5).cpu().numpy()
-        reach = torch.zeros((x.shape[0], *x.shape[-2:]), dtype=torch.bool, device=x.device)
+        reach = torch.zeros((2, x.shape[0], *x.shape[-2:]), dtype=torch.bool, device=x.device)
         was_training = network.training
         network.eval()
         for r in range(rounds):
             if r > 0:
-                pred = (network(x)[:, 0] > 0).float()
-                x[:, 1] = torch.where(reach, pred, x[:, 1])
+                x[:, 1] = directional_gate(network(x)[:, 0] > 0, x[:, 1] > 0.5, reach[0], reach[1]).float()
             self.add_click(x, reach, lab)
         network.train(was_training)
         return x
@@ -264,7 +304,8 @@ class AddAutoMaskd(MapTransform):
 
 class AddRobotClicksd(MapTransform):
     """Validation: one robot click on the largest 3D error of ``mask_key`` vs ``label_key`` (volumes at the
-    network's grid) -> ``image (4, X, Y, Z)`` and ``d["reach"] (1, X, Y, Z)``. No error: no click."""
+    network's grid) -> ``image (4, X, Y, Z)`` and ``d["reach"] (1, X, Y, Z)``: +1 within a foreground click's
+    reach, -1 within a background click's. No error: no click."""
 
     def __init__(self, image_key: str = "image", mask_key: str = "auto_mask", label_key: str = "label",
                  sigma: float = DEFAULT_SIGMA, slice_weights: Sequence[float] = DEFAULT_SLICE_WEIGHTS,
@@ -286,13 +327,15 @@ class AddRobotClicksd(MapTransform):
         grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
         reach = reach_mask(grid, np.concatenate([fg, bg]), self.reach_radius, len(self.slice_weights) - 1)
         d[self.image_key] = torch.cat([image, mask, guidance], dim=0)
-        d["reach"] = torch.from_numpy(reach[None].astype(np.float32))
+        sign = -1.0 if len(bg) else 1.0  # one click: its kind decides the gate's direction
+        d["reach"] = torch.from_numpy(sign * reach[None].astype(np.float32))
         return d
 
 
 class GateByReachd(MapTransform):
-    """Validation post-processing: logits ``pred`` outside ``reach`` replaced by the current mask (channel 1 of
-    ``image``) as +-``KEEP_LOGIT``; the gate of :func:`~.guidance.locality_gate` at the network's grid."""
+    """Validation post-processing: the gate of :func:`~.guidance.locality_gate` at the network's grid (signed
+    ``reach`` from :class:`AddRobotClicksd`, current mask = channel 1 of ``image``); ``pred`` becomes
+    +-``KEEP_LOGIT``."""
 
     def __init__(self, keys: KeysCollection = "pred", reach_key: str = "reach", image_key: str = "image") -> None:
         super().__init__(keys)
@@ -300,12 +343,13 @@ class GateByReachd(MapTransform):
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
-        reach = torch.as_tensor(d[self.reach_key]) > 0.5
-        current = torch.as_tensor(d[self.image_key])[1:2]
+        reach = torch.as_tensor(d[self.reach_key])
+        current = torch.as_tensor(d[self.image_key])[1:2] > 0.5
         for key in self.key_iterator(d):
             pred = d[key]
-            keep = torch.where(current > 0.5, KEEP_LOGIT, -KEEP_LOGIT).to(pred.device)
-            d[key] = torch.where(reach.to(pred.device), pred, keep)
+            gated = directional_gate(pred > 0, current.to(pred.device), (reach > 0.5).to(pred.device),
+                                     (reach < -0.5).to(pred.device))
+            d[key] = torch.where(gated, KEEP_LOGIT, -KEEP_LOGIT).to(pred.dtype)
         return d
 
 
@@ -322,7 +366,7 @@ class ClickRefinementInferer(Inferer):
         return self.inferer(inputs, ReachLimitedNetwork(network), *args, **kwargs)
 
 
-def slice_transforms(prob_perturb: float = 0.5, augment: bool = True):
+def slice_transforms(prob_perturb: float = 0.5, augment: bool = True, prob_bright_false_positive: float = 0.3):
     """Per-slice training chain on ``{"image", "mask", "label"}`` ``(1, H, W)``: mask perturbation
     (:class:`RandPerturbMaskd`), flips and a small affine of all three, intensity jitter and noise of the image,
     then :class:`InteractionInputsd` (image ``(4, H, W)``). Used by the bundle's ``train.json`` and by the MONAI
@@ -340,7 +384,7 @@ def slice_transforms(prob_perturb: float = 0.5, augment: bool = True):
     keys = ["image", "mask", "label"]
     p = 1.0 if augment else 0.0
     return Compose([
-        RandPerturbMaskd(prob=prob_perturb),
+        RandPerturbMaskd(prob=prob_perturb, prob_bright_false_positive=prob_bright_false_positive),
         RandFlipd(keys=keys, prob=0.5 * p, spatial_axis=0),
         RandFlipd(keys=keys, prob=0.5 * p, spatial_axis=1),
         RandAffined(keys=keys, prob=0.3 * p, rotate_range=0.26, scale_range=0.1,
