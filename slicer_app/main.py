@@ -10,9 +10,12 @@ Start (offline, CPU)::
 ``--conf`` keys (all optional):
 
 * ``models``: comma-separated subset of ``segmentation,deepedit`` (default: both, also ``all``).
-* ``checkpoint`` / ``deepedit_checkpoint``: starting checkpoints (default: the bundle's ``models/model.pt`` and
-  ``models/deepedit_model.pt``). A missing or mismatching file is not fatal: the model is served with initial
-  weights and a warning is logged.
+* ``checkpoint`` / ``deepedit_checkpoint``: starting checkpoints (default: ``models/model.pt`` of the bundles
+  ``quantunet_brain_tumor_seg`` and ``quantunet_interactive_tumor_seg``). A missing or mismatching file is not
+  fatal: the model is served with initial weights and a warning is logged.
+* ``deepedit_bundle_root``: the interactive bundle (network and settings of ``deepedit``). ``deepedit`` refines
+  the current mask it keeps per client, image and label (``lib/infers/deepedit.py``); it starts from the
+  ``segmentation`` model's answer, which is built even when ``models`` leaves it out.
 * ``use_pretrained_model``: ``false`` ignores those checkpoints (start from initial weights).
 * ``model_dir``: where training writes and publishes checkpoints (default ``slicer_app/model``); a published
   ``<model_dir>/<name>.pt`` takes precedence over the starting checkpoint. User files are never overwritten.
