@@ -38,7 +38,7 @@ import psutil
 import torch
 from machine import describe, machine_info
 
-from monai_quantunet.data import SHARED_LGG_FLAIR
+from paths import SHARED_LGG_FLAIR
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
 from monai_quantunet.inference import predict_volume
 from monai_quantunet.losses import QuantUNetLoss

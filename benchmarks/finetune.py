@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO / "slicer_app"))  # the app's `lib` package (configs
 
 from monai.data import DataLoader, Dataset  # noqa: E402
 
-from monai_quantunet.data import SHARED_LGG_FLAIR, load_datalist  # noqa: E402
+from monai_quantunet.data import load_datalist  # noqa: E402
+from paths import SHARED_LGG_FLAIR  # noqa: E402
 from monai_quantunet.checkpoint import load_state_dict  # noqa: E402
 from monai_quantunet.inference import slice_inferer  # noqa: E402
 from monai_quantunet.bundle import bundle_settings, network_from_bundle  # noqa: E402

@@ -38,7 +38,7 @@ DEVICE_SLICES = 4  # verification slices of the per-device runs (the default run
 
 def export_shipped(out: Path, dataset_dir: str | None, checkpoint: Path):
     from monai_quantunet.export import example_slices, export_model
-    from monai_quantunet.export.cli import network_from_config
+    from monai_quantunet.cli.export import network_from_config
 
     network, parser = network_from_config(BUNDLE / "configs" / "train.json")
     slices, source = example_slices(dataset_dir, parser.get_parsed_content("spatial_size"), whole_volume=True)

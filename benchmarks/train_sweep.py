@@ -47,7 +47,7 @@ from pathlib import Path
 from machine import machine_info
 from results_table import load, pareto_png, table
 
-from monai_quantunet.data import SHARED_LGG_FLAIR
+from paths import SHARED_LGG_FLAIR
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"

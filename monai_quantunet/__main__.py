@@ -1,41 +1,7 @@
-"""Command line: ``python -m monai_quantunet <command>`` (also installed as ``monai-quantunet``).
+"""``python -m monai_quantunet``: see :mod:`monai_quantunet.cli`."""
 
-Each command's options live with its implementation: a module exposing ``add_arguments(parser, command)``
-and ``main(args)`` (``args.command`` names the command, so one module can serve several).
-"""
-
-from __future__ import annotations
-
-import argparse
-import importlib
 import sys
 
-from monai_quantunet.export.finn_toolchain import FinnBuildError
+from monai_quantunet.cli import main
 
-COMMANDS = {
-    "demo-train": ("monai_quantunet.demo", "train QuantU-Net for a few minutes and print one line per epoch"),
-    "prepare-lgg": ("monai_quantunet.data_cli", "convert the Kaggle LGG release (kaggle_3m) to NIfTI + datalist"),
-    "make-synthetic": ("monai_quantunet.data_cli", "write synthetic tumor volumes + datalist"),
-    "export": ("monai_quantunet.export.cli", "export a checkpoint to QONNX, a FINN build folder and QCDQ ONNX"),
-    "finn-build": ("monai_quantunet.export.cli", "run a FINN build folder's build.py with a FINN toolchain"),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m monai_quantunet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p, name)
-        p.set_defaults(_module=mod)
-    args = parser.parse_args(argv)
-    try:
-        return int(args._module.main(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, FinnBuildError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -19,7 +19,6 @@ import numpy as np
 
 __all__ = [
     "LGG_AFFINE",
-    "SHARED_LGG_FLAIR",
     "LGG_CHANNELS",
     "convert_lgg_case",
     "prepare_lgg",
@@ -31,8 +30,6 @@ __all__ = [
 ]
 
 LGG_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
-# the project's real data beside a checkout (../shared/data/lgg_flair); used as a default only when present
-SHARED_LGG_FLAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_flair"
 LGG_CHANNELS = {"pre": 0, "flair": 1, "post": 2}
 _SLICE_RE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)\.tif$")
 

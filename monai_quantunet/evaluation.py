@@ -73,7 +73,7 @@ class EvaluationReport:
         if self.network is not None:
             out["bits"] = bit_width_report(self.network).totals()
             if self.spatial_size:
-                from monai_quantunet.export.cost import cost_report
+                from monai_quantunet.cost import cost_report
 
                 device = next(self.network.parameters()).device
                 example = torch.zeros(1, self.network.in_channels, *self.spatial_size, device=device)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import shared_data
-from monai_quantunet.__main__ import main as cli
+from monai_quantunet.cli import main as cli
 from monai_quantunet.data import convert_lgg_case, list_volumes, load_datalist, make_synthetic_dataset, prepare_lgg
 from monai_quantunet.transforms import CheckVolumed, val_transforms
 

@@ -183,7 +183,7 @@ def test_mismatched_checkpoint(net, tmp_path):
 
 
 def test_cli(net, synthetic_dataset, tmp_path, capsys):
-    from monai_quantunet.__main__ import main
+    from monai_quantunet.cli import main
 
     config = json.loads((BUNDLE / "configs" / "train.json").read_text())
     config.update(channels=list(CHANNELS), spatial_size=list(SIZE))

@@ -190,7 +190,7 @@ def test_activation_over_8_bits_is_refused(built, finn_toolchain, tmp_path):
 
 
 def test_finn_build_cli(built, finn_toolchain, tmp_path, capsys):
-    from monai_quantunet.__main__ import main
+    from monai_quantunet.cli import main
 
     folder = rebuild(built, tmp_path)
     assert main(["finn-build", str(folder), "--finn", str(finn_toolchain.finn_root.parent),

@@ -121,7 +121,7 @@ def test_metadata_matches_zoo_schema_and_network():
 
 def test_export_accepts_the_interactive_model(tmp_path):
     """`python -m monai_quantunet export --config_file <inference.json>`: QONNX / QCDQ checked against PyTorch."""
-    from monai_quantunet.__main__ import main
+    from monai_quantunet.cli import main
 
     rc = main(["export", "--checkpoint", str(BUNDLE / "models" / "model.pt"), "--out", str(tmp_path / "export"),
                "--config_file", str(CONFIGS / "inference.json"), "--num-slices", "2", "--no-qonnx-cost"])

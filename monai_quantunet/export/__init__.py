@@ -10,7 +10,6 @@ from monai_quantunet.export.core import (
     example_slices,
     export_model,
 )
-from monai_quantunet.export.cost import CostReport, LayerCost, cost_report
 from monai_quantunet.export.finn_toolchain import FinnBuildError, FinnToolchain
 from monai_quantunet.export.qcdq import OnnxSliceNetwork, onnx_network
 from monai_quantunet.export.verify import ExportVerificationError
@@ -20,11 +19,8 @@ __all__ = [
     "ExportVerificationError",
     "FinnBuildError",
     "FinnToolchain",
-    "CostReport",
-    "LayerCost",
     "OnnxSliceNetwork",
     "check_bit_widths",
-    "cost_report",
     "example_slices",
     "export_model",
     "onnx_network",

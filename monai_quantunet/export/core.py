@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from monai_quantunet.bitwidth import BitWidthReport, bit_width_report
-from monai_quantunet.export.cost import CostReport, check_weight_memory, cost_report
+from monai_quantunet.cost import CostReport, check_weight_memory, cost_report
 from monai_quantunet.export.finn import (
     DEFAULT_BOARD,
     DEFAULT_CLK_NS,

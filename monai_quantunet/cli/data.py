@@ -1,4 +1,4 @@
-"""``prepare-lgg`` and ``make-synthetic`` commands (see :mod:`monai_quantunet.data`)."""
+"""``prepare-lgg`` and ``make-synthetic``: datasets in the bundle's layout (see :mod:`monai_quantunet.data`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,6 @@
+"""Where the benchmarks find the project's real data: ``../shared/data`` beside the checkout."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_LGG_FLAIR = REPO.parent / "shared" / "data" / "lgg_flair"
