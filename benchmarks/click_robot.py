@@ -141,13 +141,47 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_table(result: dict) -> str:
+    """The benchmark's table: mean Dice after 0, 1, 2, 3, 5, 10 clicks, NoC@85 / NoC@90, share of clicks lowering
+    the Dice, seconds per click; then the targets with the measured gap."""
+    cols = [n for n in (0, 1, 2, 3, 5, 10) if n <= result["clicks"]]
+    head = "| model | " + " | ".join("auto" if n == 0 else f"{n} click{'s' if n > 1 else ''}" for n in cols)
+    head += " | NoC@85 | NoC@90 | clicks lowering Dice | first clicks lowering Dice | s / click |"
+    lines = [head, "| --- |" + " ---: |" * (len(cols) + 5)]
+    names = {"new": "`deepedit` (this bundle: refines the current mask)", "old": "previous `deepedit` (recomputes the volume)"}
+    for key in ("new", "old"):
+        m = result["models"].get(key)
+        if m is None:
+            continue
+        d = m["mean_dice"]
+        lines.append(f"| {names[key]} | " + " | ".join(f"{d[n]:.4f}" for n in cols)
+                     + f" | {m['noc85']:.2f} | {m['noc90']:.2f} | {100 * m['share_clicks_lowering_dice']:.1f}%"
+                     + f" | {m['volumes_first_click_lowering_dice']} of {result['num_volumes']}"
+                     + f" | {m['seconds_per_click_mean']:.2f} |")
+    t = result["targets"]
+    ok = lambda b: "met" if b else "**not met**"  # noqa: E731
+    lines += [
+        "",
+        f"Targets (mean Dice of the auto-segmentation {result['models']['new']['mean_dice'][0]:.4f}): first click "
+        f"never lowers the mean Dice: {ok(t['first_click_not_lower'])}; after 1 click >= +2 points: "
+        f"{t['after_1_click_gain_points']:+.2f} ({ok(t['after_1_click_gain_points'] >= 2)}); after 5 clicks >= +6 "
+        f"points: {t['after_5_clicks_gain_points']:+.2f} ({ok(t['after_5_clicks_gain_points'] >= 6)}"
+        + (f", gap {6 - t['after_5_clicks_gain_points']:.2f} points" if t['after_5_clicks_gain_points'] < 6 else "")
+        + f"); < 1 s per click for 256 x 256 x 40 on {result['threads']} threads: "
+        f"{t['seconds_per_click_256x256x40']:.2f} s ({ok(t['seconds_per_click_256x256x40'] < 1)}).",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", required=True, help="folder with dataset.json (its validation split is used)")
     parser.add_argument("--checkpoint", default=str(INTERACTIVE_BUNDLE / "models" / "model.pt"))
     parser.add_argument("--segmentation-checkpoint", default=str(SEG_BUNDLE / "models" / "model.pt"))
-    parser.add_argument("--old-checkpoint", default=str(SEG_BUNDLE / "models" / "deepedit_model.pt"),
-                        help="the previous deepedit model (3 inputs); skipped when the file is absent")
+    parser.add_argument("--old-checkpoint", default=None,
+                        help="the previous deepedit model (3 inputs, image + click maps) for the comparison curve; "
+                             "it was removed in issue 13: `git show 02c0c54:bundles/quantunet_brain_tumor_seg/models/"
+                             "deepedit_model.pt > old.pt`")
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--max-cases", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -160,7 +194,7 @@ def main() -> None:
     seg = load_checkpoint(network_from_bundle(SEG_BUNDLE, in_channels=1), args.segmentation_checkpoint).eval()
     new = load_checkpoint(network_from_bundle(INTERACTIVE_BUNDLE), args.checkpoint).eval()
     steps = {"new": lambda image: (lambda cur, fg, bg: refine_volume(new, image, cur, fg, bg, spatial))}
-    if Path(args.old_checkpoint).is_file():
+    if args.old_checkpoint:
         old = load_checkpoint(network_from_bundle(SEG_BUNDLE, in_channels=3), args.old_checkpoint).eval()
         steps["old"] = lambda image: (lambda cur, fg, bg: segment_volume(old, image, spatial, guidance=old_model_guidance,
                                                                         foreground=fg, background=bg))
@@ -206,6 +240,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     plot(result, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(markdown_table(result) + "\n")
     for k, s in result["models"].items():
         print(f"{k}: Dice {' '.join(f'{d:.3f}' for d in s['mean_dice'])} | NoC@85 {s['noc85']:.2f} NoC@90 "
               f"{s['noc90']:.2f} | lowering {100 * s['share_clicks_lowering_dice']:.1f}% | "

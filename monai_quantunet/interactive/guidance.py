@@ -163,7 +163,9 @@ def locality_gate(
     * within the reach of background clicks only: ``current & refined`` (a background click removes, never adds);
     * within the reach of both kinds: ``refined``;
     * on a click's own slice within ``CLICK_CORE_RADIUS`` (2) pixels of the grid: the click's label (the clicked
-      voxel is what the annotator said it is).
+      voxel is what the annotator said it is);
+    * only the changes connected (3D, 26-connectivity) to a click of their kind are kept: a click fixes the region
+      it was placed on, not another region that happens to lie within its reach.
 
     ``foreground`` / ``background``: ``(N, 3)`` clicks at the network's grid (``grid_affine``); each voxel of the
     file grid (``file_affine``) is mapped to the network's grid and tested with :func:`~.clicks.reach_mask`.
@@ -188,9 +190,25 @@ def locality_gate(
     gated[only_bg] &= refined[only_bg]
     gated[both] = refined[both]
     # the clicked voxel takes the click's label (its slice, within CLICK_CORE_RADIUS pixels of the grid)
-    gated[reach_mask(pts, foreground, CLICK_CORE_RADIUS, 0)] = True
-    gated[reach_mask(pts, background, CLICK_CORE_RADIUS, 0)] = False
-    return gated, reach_fg | reach_bg
+    core_fg = reach_mask(pts, foreground, CLICK_CORE_RADIUS, 0)
+    core_bg = reach_mask(pts, background, CLICK_CORE_RADIUS, 0)
+    gated[core_fg] = True
+    gated[core_bg] = False
+    # a click changes the region it was placed on: only changes connected to a click of their kind are kept
+    added = _connected_to(gated & ~current, core_fg)
+    removed = _connected_to(current & ~gated, core_bg)
+    return (current | added) & ~removed, reach_fg | reach_bg
+
+
+def _connected_to(change: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The 3D connected components (26-connectivity) of ``change`` that hold a voxel of ``seeds``."""
+    from scipy.ndimage import label as connected_components
+
+    if not change.any() or not seeds.any():
+        return np.zeros_like(change)
+    regions, _ = connected_components(change, structure=np.ones((3, 3, 3), dtype=bool))
+    keep = np.unique(regions[seeds & change])
+    return np.isin(regions, keep[keep > 0])
 
 
 class LocalityGated(MapTransform):
