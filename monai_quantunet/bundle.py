@@ -56,12 +56,12 @@ def _parser(config: str, bundle_root: str | Path | None = None):
 
 
 def bundle_settings(bundle_root: str | Path | None = None) -> dict:
-    """``spatial_size``, ``channels``, ``quantization``, bit widths, ``lambda_bits`` and learning rates of the
-    bundle's ``train.json``."""
+    """``spatial_size``, ``channels``, ``quantization``, bit widths, ``lambda_bits``, learning rates and the slice
+    sampler's ``tumor_fraction`` of the bundle's ``train.json`` (those it defines)."""
     p = _parser("train.json", bundle_root)
     keys = ("spatial_size", "channels", "quantization", "bit_width", "min_bit_width", "max_bit_width",
-            "lambda_bits", "bit_reduction", "learning_rate", "bit_learning_rate")
-    return {k: p.get_parsed_content(k) for k in keys}
+            "lambda_bits", "bit_reduction", "learning_rate", "bit_learning_rate", "tumor_fraction")
+    return {k: p.get_parsed_content(k) for k in keys if k in p.get()}
 
 
 def network_from_bundle(bundle_root: str | Path | None = None, **overrides) -> nn.Module:

@@ -23,18 +23,15 @@ from monai.transforms import (
     RandAffined,
     RandFlipd,
     RandGaussianNoised,
-    RandCropByPosNegLabeld,
     RandScaleIntensityd,
     Resized,
     ScaleIntensityRangePercentilesd,
-    SqueezeDimd,
 )
 
 __all__ = [
     "CheckVolumed",
     "load_transforms",
     "augment_transforms",
-    "train_transforms",
     "val_transforms",
     "inference_transforms",
     "evaluation_transforms",
@@ -130,40 +127,6 @@ def augment_transforms(prob: float = 1.0) -> Compose:
             RandGaussianNoised(keys="image", std=0.02, prob=0.2 * prob),
             EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
         ]
-    )
-
-
-def train_transforms(
-    spatial_size: Sequence[int] = DEFAULT_SPATIAL_SIZE,
-    num_samples: int = 8,
-    pos: float = 2.0,
-    neg: float = 1.0,
-    augment: bool = True,
-) -> Compose:
-    """Per-case chain: 3D case -> ``num_samples`` augmented 2D slices ``(1, H, W)``, a slice holding tumor with
-    odds pos:neg (``RandCropByPosNegLabeld`` on a (H, W, 1) window).
-
-    For trainers that need a per-item transform (MONAI Label's ``BasicTrainTask``); the bundle uses the faster
-    :class:`monai_quantunet.data.SliceDataset` with :func:`augment_transforms` instead.
-    """
-    keys = ["image", "label"]
-    return Compose(
-        load_transforms(keys)
-        + [
-            _resize_inplane(keys, spatial_size),
-            RandCropByPosNegLabeld(
-                keys=keys,
-                label_key="label",
-                spatial_size=(*spatial_size, 1),
-                pos=pos,
-                neg=neg,
-                num_samples=num_samples,
-                image_key="image",
-                allow_smaller=False,
-            ),
-            SqueezeDimd(keys=keys, dim=-1),
-        ]
-        + list(augment_transforms(1.0 if augment else 0.0).transforms)
     )
 
 

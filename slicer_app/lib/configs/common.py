@@ -96,5 +96,6 @@ class QuantUNetTaskConfig(TaskConfig):
             freeze_bit_widths=strtobool(self.conf.get("freeze_bit_widths", "true")),
             freeze_batch_norm=strtobool(self.conf.get("freeze_batch_norm", "true")),
             num_samples=int(self.conf.get("num_samples", 8)),
+            **({"tumor_fraction": float(s["tumor_fraction"])} if "tumor_fraction" in s else {}),
             labels=self.labels,
         )

@@ -66,6 +66,7 @@ class QuantUNetTrainTask(BasicTrainTask):
         freeze_bit_widths: bool = False,
         freeze_batch_norm: bool = True,
         num_samples: int = 8,
+        tumor_fraction: float = 2 / 3,
         description: str = "Fine-tune QuantU-Net",
         labels=None,
         **kwargs,
@@ -77,6 +78,7 @@ class QuantUNetTrainTask(BasicTrainTask):
         self.lambda_bits = lambda_bits
         self.bit_reduction = bit_reduction
         self.num_samples = num_samples
+        self.tumor_fraction = tumor_fraction
         config = {
             "max_epochs": 10,
             "train_batch_size": 4,

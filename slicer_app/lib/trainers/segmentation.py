@@ -1,17 +1,27 @@
 from __future__ import annotations
 
 from lib.trainers.base import QuantUNetTrainTask
+from monai.data import DataLoader
 
 from monailabel.tasks.train.basic_train import Context
 
-from monai_quantunet.transforms import train_transforms, val_transforms
+from monai_quantunet.data import SliceDataset
+from monai_quantunet.transforms import augment_transforms, val_transforms
 
 
 class Segmentation(QuantUNetTrainTask):
-    """Fine-tunes the auto-segmentation QuantU-Net: tumor-aware 2D slices from each labeled volume."""
+    """Fine-tunes the auto-segmentation QuantU-Net with the bundle's training pipeline: the labeled volumes'
+    slices in memory (``SliceDataset``: ``val_transforms`` once per volume, ``augment_transforms`` per slice)
+    drawn by its tumor-aware sampler, ``num_samples`` slices per labeled volume per epoch, the bundle's
+    ``tumor_fraction``."""
 
     def train_pre_transforms(self, context: Context):
-        return train_transforms(self.spatial_size, num_samples=self.num_samples)
+        return augment_transforms()
+
+    def train_data_loader(self, context: Context, num_workers=0, shuffle=True):
+        dataset = SliceDataset(context.train_datalist, val_transforms(self.spatial_size), self.train_pre_transforms(context))
+        sampler = dataset.sampler(self.num_samples * len(context.train_datalist), self.tumor_fraction)
+        return DataLoader(dataset, batch_size=context.train_batch_size, sampler=sampler, num_workers=num_workers)
 
     def val_pre_transforms(self, context: Context):
         return val_transforms(self.spatial_size)
