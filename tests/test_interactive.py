@@ -324,3 +324,18 @@ def test_shipped_model_adds_missed_tumor_and_clears_false_positive(tmp_path, shi
     assert not out2[bpoint] and (out2 & ~label).sum() < 0.5 * (fp & ~label).sum()
     dice = lambda m: volume_metrics(torch.from_numpy(m), torch.from_numpy(label))["dice"]  # noqa: E731
     assert dice(out2) > dice(fp)
+
+
+def test_expand_input_channels_starts_the_new_inputs_from_the_image_weights():
+    from monai_quantunet.interactive import expand_input_channels
+
+    w = torch.randn(8, 1, 3, 3)
+    state = expand_input_channels({"encoder.0.0.weight": w, "other": torch.ones(2)}, 4, (0.5, 1.0, -1.0))
+    out = state["encoder.0.0.weight"]
+    assert out.shape == (8, 4, 3, 3) and torch.equal(out[:, :1], w) and torch.equal(state["other"], torch.ones(2))
+    assert torch.allclose(out[:, 1], 0.5 * w[:, 0]) and torch.equal(out[:, 2], w[:, 0]) and torch.equal(out[:, 3], -w[:, 0])
+    assert expand_input_channels({"encoder.0.0.weight": w}, 4)["encoder.0.0.weight"][:, 1:].abs().sum() == 0
+    with pytest.raises(ValueError, match="scales"):
+        expand_input_channels({"encoder.0.0.weight": w}, 4, (1.0,))
+    with pytest.raises(ValueError, match="not a QuantUNet"):
+        expand_input_channels({"x": w}, 4)

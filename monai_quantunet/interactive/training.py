@@ -54,16 +54,28 @@ __all__ = [
 
 
 def expand_input_channels(state_dict: dict[str, torch.Tensor], in_channels: int = INPUT_CHANNELS,
-                          key: str = "encoder.0.0.weight") -> dict:
-    """A segmentation QuantU-Net's state_dict adapted to ``in_channels`` inputs: the first conv's extra input
-    channels (current mask, click maps) start at zero, so the interactive net starts as the segmentation net."""
+                          scales: Sequence[float] | None = None, key: str = "encoder.0.0.weight") -> dict:
+    """A segmentation QuantU-Net's state_dict adapted to ``in_channels`` inputs (the first conv widened).
+
+    The new input channels start as ``scales[i]`` times the image channel's weights (default 0: the interactive
+    net starts as the segmentation net and must learn the new inputs). With ``(0.5, 1.0, -1.0)`` the current mask
+    starts as half an image (tumor where the mask is), a foreground click as a bright spot and a background click
+    as a dark one: the clicks act from the first step. Zero-initialised channels learn slowly in a quantized first
+    conv, whose 2-4-bit per-output-channel grid rounds small weights to zero.
+    """
     state = dict(state_dict)
     if key not in state:
         raise ValueError(f"state_dict has no {key!r}: not a QuantUNet checkpoint")
     w = state[key]
-    if w.shape[1] > in_channels:
+    extra = in_channels - w.shape[1]
+    if extra < 0:
         raise ValueError(f"{key} has {w.shape[1]} input channels, more than in_channels={in_channels}")
-    state[key] = torch.cat([w, w.new_zeros(w.shape[0], in_channels - w.shape[1], *w.shape[2:])], dim=1)
+    if extra == 0:
+        return state
+    scales = [0.0] * extra if scales is None else [float(v) for v in scales]
+    if len(scales) != extra:
+        raise ValueError(f"scales: expected {extra} values (one per new input channel), got {len(scales)}")
+    state[key] = torch.cat([w] + [v * w[:, :1] for v in scales], dim=1)
     return state
 
 
