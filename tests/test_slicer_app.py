@@ -96,13 +96,99 @@ def test_autoseg_uploaded_file(client, server, workdir):
     _assert_same_geometry(result_file, path)
 
 
-def test_deepedit_responds_to_clicks(client, server):
-    ijk = [SHAPE[0] // 2, SHAPE[1] // 2, SHAPE[2] // 2]
-    base, _ = client.infer("deepedit", "case2", {"result_extension": ".nrrd"})
-    clicked, _ = client.infer("deepedit", "case2", {"foreground": [ijk], "background": [[2, 2, 1]], "result_extension": ".nrrd"})
-    a = _assert_same_geometry(base, server.studies / "case2.nii.gz")
-    b = _assert_same_geometry(clicked, server.studies / "case2.nii.gz")
-    assert a.shape == b.shape
+def _mask(result_file: str) -> np.ndarray:
+    """A result file as an (I, J, K) array (SimpleITK gives (K, J, I))."""
+    return SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(result_file)).transpose(2, 1, 0)
+
+
+def _beyond_reach(shape, clicks) -> np.ndarray:
+    """Voxels of the 64 x 48 x 8 test volume clearly beyond every click's reach: more than REACH_SLICES slices
+    away, or outside an ellipse of REACH_RADIUS grid pixels (the volume is resized to 128 x 128: 0.5 voxel per
+    pixel in I, 0.375 in J) plus one voxel."""
+    from monai_quantunet.interactive import REACH_RADIUS, REACH_SLICES
+
+    i, j, k = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    beyond = np.ones(shape, bool)
+    ri, rj = REACH_RADIUS * shape[0] / 128 + 1, REACH_RADIUS * shape[1] / 128 + 1
+    for ci, cj, ck in clicks:
+        beyond &= (np.abs(k - ck) > REACH_SLICES) | (((i - ci) / ri) ** 2 + ((j - cj) / rj) ** 2 > 1)
+    return beyond
+
+
+def _case_with_false_positive(workdir):
+    """A test volume whose auto-segmentation has a false positive: a tumor-bright blob away from the tumor.
+    Returns (path, label, blob) with label and blob as (I, J, K) arrays."""
+    image, label = synthetic_case(5)
+    z, y, x = np.meshgrid(*[np.arange(s) for s in SHAPE[::-1]], indexing="ij")
+    blob = ((x - 10) / 5) ** 2 + ((y - 9) / 4) ** 2 + ((z - 4) / 2) ** 2 < 1
+    image = image.copy()
+    image[blob] += 80
+    path = workdir / "casefp.nii.gz"
+    write_volume(path, image, direction=DIRECTION)
+    return path, label.transpose(2, 1, 0) > 0, blob.transpose(2, 1, 0)
+
+
+def _refine_and_keep_state(client, server, workdir, path, blob):
+    params = {"result_extension": ".nii.gz"}
+    auto = _mask(client.infer("segmentation", "casefp", params)[0])
+    assert (auto & blob).sum() > 20  # the false positive the annotator removes
+    start = _mask(client.infer("deepedit", "casefp", params)[0])  # no clicks: the auto-segmentation
+    np.testing.assert_array_equal(start, auto)
+
+    # background click on the false positive: the clicked voxel and part of the blob cleared, nothing added,
+    # unchanged beyond the reach
+    fp = tuple(int(v) for v in np.argwhere(auto & blob).mean(axis=0).round())
+    first_file, _ = client.infer("deepedit", "casefp", {**params, "background": [list(fp)]})
+    first = _assert_same_geometry(first_file, path).transpose(2, 1, 0)
+    assert not first[fp] and (first & blob).sum() < (auto & blob).sum() and not (first & ~auto).any()
+    beyond = _beyond_reach(auto.shape, [fp])
+    np.testing.assert_array_equal(first[beyond], auto[beyond])
+
+    # the next request starts from that answer, not from the auto-segmentation: with a far click only (the user
+    # removed the first point), the cleared part is beyond its reach and stays cleared
+    far = [60, 44, 0]
+    second = _mask(client.infer("deepedit", "casefp", {**params, "foreground": [far]})[0])
+    beyond_far = _beyond_reach(auto.shape, [far])
+    assert ((first != auto) & beyond_far).any()
+    np.testing.assert_array_equal(second[beyond_far], first[beyond_far])
+
+    # another user on the same image starts from the auto-segmentation; other images are untouched
+    other = MONAILabelClient(server.url, tmpdir=str(workdir / "client_bob"), client_id="bob")
+    bob = _mask(other.infer("deepedit", "casefp", {**params, "foreground": [far]})[0])
+    np.testing.assert_array_equal(bob[beyond_far], auto[beyond_far])
+    np.testing.assert_array_equal(_mask(client.infer("deepedit", "case3", params)[0]),
+                                  _mask(client.infer("segmentation", "case3", params)[0]))
+
+    # no clicks: start over from the auto-segmentation
+    np.testing.assert_array_equal(_mask(client.infer("deepedit", "casefp", params)[0]), auto)
+    assert not _mask(client.infer("deepedit", "casefp", {**params, "background": [list(fp)]})[0])[fp]
+
+
+def test_deepedit_refines_the_current_mask_it_keeps(client, server, workdir):
+    """Slicer sends clicks only: the app starts from the auto-segmentation, keeps its last answer per client, image
+    and label, changes nothing beyond the clicks' reach, starts over without clicks and after a saved label."""
+    path, label, blob = _case_with_false_positive(workdir)
+    client.upload_image(str(path), image_id="casefp")
+    label_path = workdir / "casefp_label.nii.gz"
+    write_volume(label_path, label.transpose(2, 1, 0).astype(np.uint8), direction=DIRECTION)
+    try:
+        _refine_and_keep_state(client, server, workdir, path, blob)
+    finally:  # the label is saved whatever happens (the other tests expect one unlabeled volume, case3)
+        client.save_label("casefp", str(label_path), tag="final")
+    # saving a label ended the session: the next click starts from the auto-segmentation again
+    params = {"result_extension": ".nii.gz"}
+    auto = _mask(client.infer("segmentation", "casefp", params)[0])
+    far = [60, 44, 0]
+    beyond_far = _beyond_reach(auto.shape, [far])
+    after_save = _mask(client.infer("deepedit", "casefp", {**params, "foreground": [far]})[0])
+    np.testing.assert_array_equal(after_save[beyond_far], auto[beyond_far])
+
+    # a click outside the volume: 422, and the session is unchanged
+    r = requests.post(f"{server.url}/infer/deepedit", params={"image": "casefp"},
+                      data={"params": json.dumps({"foreground": [[64, 0, 0]]})}, timeout=120)
+    assert r.status_code == 422 and "outside the volume" in r.json()["detail"], r.text
+    again = _mask(client.infer("deepedit", "casefp", {**params, "foreground": [far]})[0])
+    np.testing.assert_array_equal(again, after_save)
 
 
 @pytest.mark.parametrize(
