@@ -8,7 +8,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("QUANTUNET_SHARED_DATA", REPO.parent / "shared" / "data"))
 BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
 
+TINY = {"channels": [4, 8, 8, 16, 16], "spatial_size": [32, 32]}  # bundle overrides for a fast tiny network
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def run_workflow(config_file, **override):
+    """A bundle workflow the model zoo's way: ConfigWorkflow initialize -> run -> finalize."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=config_file, workflow_type=override.pop("workflow_type", None), **override)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
 
 
 def shared_data(*parts: str) -> Path:

@@ -10,18 +10,10 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from conftest import BUNDLE, SHARED_DATA
+from conftest import BUNDLE, SHARED_DATA, TINY
+from conftest import run_workflow as _run
 
 CONFIGS = BUNDLE / "configs"
-TINY = {"channels": [4, 8, 8, 16, 16], "spatial_size": [32, 32]}
-
-
-def _run(config_file, **override):
-    workflow = ConfigWorkflow(config_file=config_file, workflow_type=override.pop("workflow_type", None), **override)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, TINY
+from conftest import run_workflow as _run
 
 BUNDLE = REPO / "bundles" / "quantunet_interactive_tumor_seg"
 CONFIGS = BUNDLE / "configs"
-TINY = {"channels": [4, 8, 8, 16, 16], "spatial_size": [32, 32]}
-
-
-def _run(config_file, **override):
-    workflow = ConfigWorkflow(config_file=config_file, workflow_type=override.pop("workflow_type", None), **override)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
 
 
 @pytest.fixture(scope="module")
