@@ -51,3 +51,23 @@ def finn_toolchain():
         return FinnToolchain.from_folder(folder)
     except FileNotFoundError as e:
         pytest.skip(f"FINN toolchain not installed ({e})")
+
+
+def check_zoo_metadata(bundle: Path) -> None:
+    """The model zoo's metadata checks, offline: the schema (local copy under ../shared/zoo_schema; skips
+    without it), the version in the changelog, and ``verify_net_in_out`` on the tiny network."""
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    from monai.bundle import verify_net_in_out
+
+    configs = bundle / "configs"
+    meta = json.loads((configs / "metadata.json").read_text())
+    schema_path = SHARED_DATA.parent / "zoo_schema" / meta["schema"].rsplit("/", 1)[-1]
+    if not schema_path.is_file():
+        pytest.skip(f"schema copy not available at {schema_path}")
+    jsonschema.validate(meta, json.loads(schema_path.read_text()))
+    assert meta["version"] in meta["changelog"]
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "inference.json"), n=1, device="cpu", bundle_root=str(bundle),
+                      channels=TINY["channels"])

@@ -10,7 +10,8 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from conftest import BUNDLE, SHARED_DATA, TINY
+from conftest import BUNDLE, TINY
+from conftest import check_zoo_metadata
 from conftest import run_workflow as _run
 
 CONFIGS = BUNDLE / "configs"
@@ -89,18 +90,7 @@ def test_evaluation_writes_metrics(trained, synthetic_dataset, tmp_path, base):
 
 
 def test_metadata_matches_zoo_schema_and_network():
-    jsonschema = pytest.importorskip("jsonschema")
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    schema_path = SHARED_DATA.parent / "zoo_schema" / meta["schema"].rsplit("/", 1)[-1]
-    if not schema_path.is_file():
-        pytest.skip(f"schema copy not available at {schema_path}")
-    jsonschema.validate(meta, json.loads(schema_path.read_text()))
-    assert meta["version"] in meta["changelog"]
-    from monai.bundle import verify_net_in_out
-
-    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
-                      config_file=str(CONFIGS / "inference.json"), n=1, device="cpu", bundle_root=str(BUNDLE),
-                      channels=TINY["channels"])
+    check_zoo_metadata(BUNDLE)
 
 
 def test_bundle_copied_elsewhere_runs_inference_and_evaluation(trained, synthetic_dataset, tmp_path):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA, TINY
+from conftest import REPO, TINY
+from conftest import check_zoo_metadata
 from conftest import run_workflow as _run
 
 BUNDLE = REPO / "bundles" / "quantunet_interactive_tumor_seg"
@@ -96,18 +97,7 @@ def test_shipped_checkpoint_fits_the_network_def():
 
 
 def test_metadata_matches_zoo_schema_and_network():
-    jsonschema = pytest.importorskip("jsonschema")
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    schema_path = SHARED_DATA.parent / "zoo_schema" / meta["schema"].rsplit("/", 1)[-1]
-    if not schema_path.is_file():
-        pytest.skip(f"schema copy not available at {schema_path}")
-    jsonschema.validate(meta, json.loads(schema_path.read_text()))
-    assert meta["version"] in meta["changelog"]
-    from monai.bundle import verify_net_in_out
-
-    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
-                      config_file=str(CONFIGS / "inference.json"), n=1, device="cpu", bundle_root=str(BUNDLE),
-                      channels=TINY["channels"])
+    check_zoo_metadata(BUNDLE)
 
 
 def test_export_accepts_the_interactive_model(tmp_path):
