@@ -4,8 +4,10 @@ Reads a ``train_sweep.py`` output folder, a ``cost.py`` JSON and the evaluations
 the blocks between ``<!-- BEGIN generated: NAME ... -->`` and ``<!-- END generated: NAME -->`` markers, and copies
 the figures to the bundle's ``docs/images``:
 
-    python benchmarks/update_docs.py --sweep runs/sweep_full --cost runs/cost.json \
+    python benchmarks/update_docs.py --sweep runs/sweep_full --cost benchmarks/results/cost.json \
         --shipped float=runs/ship/eval_float/summary.json "fixed4=..." "shipped model=..."
+
+Each of ``--sweep``, ``--cost``, ``--shipped`` rewrites only its own blocks.
 """
 
 from __future__ import annotations
@@ -135,25 +137,31 @@ def cost_block(cost: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", required=True, help="train_sweep.py output folder")
-    parser.add_argument("--cost", required=True, help="cost.py JSON report")
-    parser.add_argument("--shipped", nargs="+", required=True, metavar="NAME=SUMMARY_JSON",
+    parser.add_argument("--sweep", default=None, help="train_sweep.py output folder")
+    parser.add_argument("--cost", default=None, help="cost.py JSON report (e.g. benchmarks/results/cost.json)")
+    parser.add_argument("--shipped", nargs="+", default=None, metavar="NAME=SUMMARY_JSON",
                         help="evaluations of the shipped models (bundle evaluate.json's summary.json), in table order")
     parser.add_argument("--chosen", default="learned@0.25:init4", help="learned run whose widths are shown")
     parser.add_argument("--readme", default=str(README), help="top-level README to update")
     parser.add_argument("--bundle-docs", default=str(BUNDLE_DOCS), help="bundle docs folder (README.md, images/)")
     args = parser.parse_args(argv)
     docs_dir, readme = Path(args.bundle_docs), Path(args.readme)
-    sweep_docs, sweep_readme = sweep_block(Path(args.sweep), args.chosen, docs_dir / "images")
-    cost = cost_block(json.loads(Path(args.cost).read_text()))
-    shipped = table([load(spec) for spec in args.shipped])
+    docs_blocks, readme_blocks = {}, {}  # only the blocks whose inputs are given are rewritten
+    if args.sweep:
+        docs_blocks["sweep"], readme_blocks["sweep"] = sweep_block(Path(args.sweep), args.chosen, docs_dir / "images")
+    if args.cost:
+        docs_blocks["cost"] = cost_block(json.loads(Path(args.cost).read_text()))
+    if args.shipped:
+        docs_blocks["shipped"] = readme_blocks["shipped"] = table([load(spec) for spec in args.shipped])
+    if not docs_blocks:
+        parser.error("give at least one of --sweep, --cost, --shipped")
     docs_path = docs_dir / "README.md"
     docs = docs_path.read_text()
-    for name, content in (("shipped", shipped), ("sweep", sweep_docs), ("cost", cost)):
+    for name, content in docs_blocks.items():
         docs = replace_block(docs, name, content, str(docs_path))
     docs_path.write_text(docs)
     text = readme.read_text()
-    for name, content in (("shipped", shipped), ("sweep", sweep_readme)):
+    for name, content in readme_blocks.items():
         text = replace_block(text, name, content, str(readme))
     readme.write_text(text)
     print(f"updated {docs_path} and {readme}", file=sys.stderr)
