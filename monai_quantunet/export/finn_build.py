@@ -420,8 +420,9 @@ def step_unet_folding(model, cfg):
     Writes the folding applied, keyed by FINN's node names, to ``<output_dir>/folding_config.json`` and the
     target, FINN's resource estimates and the budget to ``<output_dir>/report/folding_report.json``.
     """
-    from finn.util.config import extract_model_config_to_json
     from finn.transformation.general import ApplyConfig
+    from finn.util.config import extract_model_config_to_json
+    from qonnx.custom_op.registry import getCustomOp
     from qonnx.transformation.general import GiveUniqueNodeNames
 
     model = model.transform(GiveUniqueNodeNames())
@@ -443,9 +444,9 @@ def step_unet_folding(model, cfg):
         report = {"target_fps": cfg.target_fps, "clock_mhz": 1e3 / cfg.synth_clk_period_ns,
                   **fold_for_target(model, cycles, part)}
     check_folding(model)
-    slowest = max(model.graph.node, key=lambda n: FoldingUnit([n], []).cycles())
-    report["max_cycles"] = FoldingUnit([slowest], []).cycles()
-    report["bottleneck"] = slowest.name
+    cycles = {n.name: int(getCustomOp(n).get_exp_cycles()) for n in model.graph.node}
+    report["bottleneck"] = max(cycles, key=cycles.get)
+    report["max_cycles"] = cycles[report["bottleneck"]]
     report["estimated_fps"] = 1e9 / cfg.synth_clk_period_ns / report["max_cycles"]
     extract_model_config_to_json(model, str(Path(cfg.output_dir) / "folding_config.json"), ["PE", "SIMD"])
     (Path(cfg.output_dir) / "report").mkdir(parents=True, exist_ok=True)
