@@ -28,6 +28,7 @@ __all__ = [
     "BitWidthReport",
     "bit_width_report",
     "bit_width_tensors",
+    "quantizer_bit_width",
     "split_bit_width_parameters",
     "FLOAT_BITS",
 ]
@@ -140,7 +141,9 @@ def _quantized_tensors(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     return found
 
 
-def _bits(module: nn.Module) -> torch.Tensor:
+def quantizer_bit_width(module: nn.Module) -> torch.Tensor:
+    """Width of a Brevitas weight layer or activation quantizer (0-d tensor, differentiable when learned);
+    32 for a float layer."""
     if isinstance(module, _QUANT_WEIGHT_LAYERS):
         return module.weight_quant.bit_width()
     if isinstance(module, (QuantReLU, QuantIdentity)):
@@ -155,7 +158,7 @@ def bit_width_tensors(model: nn.Module, kinds: tuple[str, ...] = ("weight", "act
     carries the gradient of learned widths (Brevitas rounds with a straight-through estimator).
     """
     return [
-        (kind, _bits(m), m.weight.numel() if kind == "weight" else 0)
+        (kind, quantizer_bit_width(m), m.weight.numel() if kind == "weight" else 0)
         for _, kind, m in _quantized_tensors(model)
         if kind in kinds and isinstance(m, _QUANT_WEIGHT_LAYERS + (QuantReLU, QuantIdentity))
     ]
@@ -165,7 +168,7 @@ def bit_width_tensors(model: nn.Module, kinds: tuple[str, ...] = ("weight", "act
 def bit_width_report(model: nn.Module) -> BitWidthReport:
     """Per-layer widths and size totals of ``model`` (QuantUNet in any mode, or any Brevitas conv net)."""
     rows = [
-        LayerBits(name, kind, float(_bits(m).detach().cpu()), m.weight.numel() if kind == "weight" else 0)
+        LayerBits(name, kind, float(quantizer_bit_width(m).detach().cpu()), m.weight.numel() if kind == "weight" else 0)
         for name, kind, m in _quantized_tensors(model)
     ]
     return BitWidthReport(rows)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from monai_quantunet.bitwidth import bit_width_report, split_bit_width_parameters
+from monai_quantunet.cost import cost_report
 from monai_quantunet.losses import QuantUNetLoss, bit_width_term
 from monai_quantunet.networks import FloatUNet, QuantUNet
 from monai_quantunet.training import make_optimizer
@@ -64,6 +65,24 @@ def test_size_weighted_term():
     term = bit_width_term(net, "size_weighted", include_activations=False, normalize=False)
     assert term.item() == pytest.approx(report.size_weighted_weight_bits, rel=1e-5)
     assert bit_width_term(FloatUNet(channels=SMALL)).item() == 0
+
+
+def test_bops_term_weights_each_conv_by_its_macs():
+    torch.manual_seed(0)
+    net = QuantUNet(channels=SMALL, bit_width=8)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    loss_fn = QuantUNetLoss(net, bit_reduction="bops")
+    assert net.state_dict().keys() == state.keys()  # the MAC shares came from a copy: no scale was initialised
+    bits, _ = split_bit_width_parameters(net)
+    with torch.no_grad():
+        for i, p in enumerate(bits):
+            p.fill_(float(i % 5) - 2)
+    costs = cost_report(net, torch.zeros(1, 1, 64, 64))
+    expected = costs.totals()["bops"] / costs.totals()["macs"] / 8**2  # BOPs / (MACs x 8 x 8), at any input size
+    assert loss_fn.bit_term().item() == pytest.approx(expected, rel=1e-5)
+    assert QuantUNetLoss(FloatUNet(channels=SMALL), bit_reduction="bops").bit_term().item() == 0
+    grads = torch.autograd.grad(loss_fn.bit_term(), bits, allow_unused=True)
+    assert all(g is not None for g in grads)  # every weight and activation width gets a gradient
 
 
 @pytest.mark.parametrize("kwargs", [{"lambda_bits": -0.1}, {"bit_reduction": "max"}, {"dice_weight": -1}])

@@ -8,22 +8,46 @@ with ``bit_reduction="mean"`` (one vote per layer, the paper's "average bits") o
 (weights weighted by their count, i.e. weight memory / number of weights; activations keep one vote each and
 are averaged with equal total weight). With the defaults the term lies in [0.25, 1] for widths in [2, 8], so
 ``lambda_bits = 0.25`` trades one full step of Dice loss against all layers dropping from 8 to 2 bits.
+
+``bit_reduction="bops"`` is the hardware-aware term: each conv's weight bits x input-activation bits weighted
+by its share of the network's MACs (``monai_quantunet.cost``), i.e. BOPs / (MACs x max_bit_width**2), in
+[1/16, 1] for widths in [2, 8]. A U-Net's MAC shares do not depend on the input size.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
 import torch.nn as nn
 from monai.losses import DiceLoss
 
-from monai_quantunet.bitwidth import bit_width_tensors
+from monai_quantunet.bitwidth import bit_width_tensors, quantizer_bit_width
+from monai_quantunet.cost import cost_report
 from monai_quantunet.networks.quantunet import MAX_BITS
 
-__all__ = ["QuantUNetLoss", "bit_width_term"]
+__all__ = ["QuantUNetLoss", "bit_width_term", "bops_term", "mac_shares"]
 
-BIT_REDUCTIONS = ("mean", "size_weighted")
+BIT_REDUCTIONS = ("mean", "size_weighted", "bops")
+MacShares = list[tuple[str, str, float]]  # (weight layer, its input quantizer, share of the network's MACs)
+
+
+def mac_shares(model: nn.Module, in_channels: int = 1, size: int = 32) -> MacShares:
+    """Each conv's share of the MACs, with the quantizer feeding it, from a ``(1, in_channels, size, size)``
+    pass of a copy of ``model`` (a forward pass initialises Brevitas scales: the model itself is left as is).
+    Empty for a model without activation quantizers (the float twin)."""
+    layers = cost_report(copy.deepcopy(model), torch.zeros(1, in_channels, size, size)).layers
+    total = sum(r.macs for r in layers)
+    return [(r.name, r.input_quantizer, r.macs / total) for r in layers if r.input_quantizer]
+
+
+def bops_term(model: nn.Module, shares: MacShares) -> torch.Tensor:
+    """Differentiable MAC-weighted mean of weight bits x input bits (0-d tensor, in bits squared)."""
+    if not shares:
+        return torch.zeros(())
+    modules = dict(model.named_modules())
+    return sum(share * quantizer_bit_width(modules[w]) * quantizer_bit_width(modules[a]) for w, a, share in shares)
 
 
 def bit_width_term(
@@ -33,8 +57,9 @@ def bit_width_term(
     normalize: bool = True,
     max_bit_width: int = MAX_BITS,
 ) -> torch.Tensor:
-    """Differentiable bit-width penalty of ``model`` (0-d tensor; 0 for a model without quantizers)."""
-    if reduction not in BIT_REDUCTIONS:
+    """Differentiable bit-width penalty of ``model`` (0-d tensor; 0 for a model without quantizers). For
+    ``"bops"`` use :class:`QuantUNetLoss` (it needs the MAC shares, computed once)."""
+    if reduction not in BIT_REDUCTIONS[:2]:
         raise ValueError(f"bit_reduction must be one of {BIT_REDUCTIONS}, got {reduction!r}")
     terms = bit_width_tensors(model, ("weight", "activation") if include_activations else ("weight",))
     weights = [(b, n) for kind, b, n in terms if kind == "weight"]
@@ -60,7 +85,7 @@ class QuantUNetLoss(nn.Module):
     Args:
         model: the network whose bit widths are penalised (held by reference, not registered as a submodule).
         lambda_bits: weight of the bit term (>= 0); 0 trains the widths on the task loss alone.
-        bit_reduction: ``"mean"`` (paper) or ``"size_weighted"``, see :func:`bit_width_term`.
+        bit_reduction: ``"mean"`` (paper), ``"size_weighted"`` or ``"bops"`` (see the module docstring).
         include_activations: penalise activation widths as well as weight widths.
         normalize_bits: divide the term by ``max_bit_width`` (term in [0.25, 1] for widths 2..8).
         bce_weight, dice_weight: weights of the segmentation terms (>= 0).
@@ -73,7 +98,7 @@ class QuantUNetLoss(nn.Module):
         self,
         model: nn.Module,
         lambda_bits: float = 0.25,
-        bit_reduction: Literal["mean", "size_weighted"] = "mean",
+        bit_reduction: Literal["mean", "size_weighted", "bops"] = "mean",
         include_activations: bool = True,
         normalize_bits: bool = True,
         bce_weight: float = 1.0,
@@ -95,9 +120,13 @@ class QuantUNetLoss(nn.Module):
         self.bce = nn.BCEWithLogitsLoss()
         self.dice = DiceLoss(sigmoid=True, batch=True)
         self.last_components: dict[str, float] = {}
+        self._mac_shares = mac_shares(model, getattr(model, "in_channels", 1)) if bit_reduction == "bops" else []
 
     def bit_term(self) -> torch.Tensor:
-        return bit_width_term(self._model[0], self.bit_reduction, self.include_activations, self.normalize_bits)
+        if self.bit_reduction != "bops":
+            return bit_width_term(self._model[0], self.bit_reduction, self.include_activations, self.normalize_bits)
+        term = bops_term(self._model[0], self._mac_shares)
+        return term / MAX_BITS**2 if self.normalize_bits else term
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape != target.shape:
