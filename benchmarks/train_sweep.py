@@ -1,51 +1,53 @@
-"""Quality vs bits: train bundle configurations side by side (same data, seed, epochs, slice sampler and
-initialisation), evaluate each on the validation split, and tabulate and plot the results.
+"""Quality vs bits: train bundle configurations side by side (same data, sampler, augmentation, initialisation
+and epoch budget; one or more seeds), evaluate each on the validation split, and tabulate and plot the results.
 
-Each run is the bundle's ``training`` workflow with overrides, one process per run, all in parallel (the cores
-split between them). Every run starts from ``--init-checkpoint`` (default: the bundle's float twin, i.e. QAT from
-float as in the paper; ``""`` trains from scratch) and gets ``--epochs`` epochs (or as many as fit
-``--budget-minutes``, sized from a probe).
+Each run is the bundle's ``training`` workflow with overrides, one process per run, ``--jobs`` at a time (the
+cores split between them). Every run starts from ``--init-checkpoint`` (default: the bundle's converged float
+twin, i.e. QAT from float as in the paper; ``""`` trains from scratch, as the float twin itself is trained).
 
 Run names:
     float                       the float twin
     fixed<N>                    uniform N-bit weights and activations (N in 2..8)
     learned@<lambda>[:<reduction>][:init<N>]   learned widths, loss weight lambda, bit term reduction
-                                             "mean" (paper) or "size_weighted", initial width N (default 8),
-                                             clamped to the bundle's [min_bit_width, max_bit_width]
+                                             "mean" (paper), "size_weighted" or "bops" (MAC-weighted weight x
+                                             activation bits), initial width N (default 8, the paper's setting);
+                                             widths are clamped to [2, N]
 
-Small default (``--preset small``: float, fixed 4-bit, learned λ=0.25; 2 epochs of 320 slices, bit learning rate
-0.05; about 5 minutes on 2 CPU cores):
+Outputs: ``--out`` holds what is not kept (checkpoints, TensorBoard, logs): ``<out>/<run>/seed<k>/``. What the
+tables are made of is kept in the repository, ``--results`` (default ``benchmarks/results/sweep``):
+``<results>/<run>/seed<k>/`` holds ``summary.json`` (evaluation at the volumes' own resolution, per volume),
+``bit_widths.json`` (widths and validation Dice per epoch) and ``run.json`` (settings, command, machine, seconds
+per epoch). A (run, seed) whose results exist is not run again, so a sweep can be spread over several sittings;
+``--report-only`` rebuilds ``results.md``, ``results.json``, ``pareto.png``, ``curves.png``,
+``widths_by_lambda.png`` and ``training_time.json`` in ``--results`` from those files alone.
+
+Small default (``--preset small``: float, fixed 4-bit, learned λ=0.25 from 4 bits; 2 epochs of 320 slices, bit
+learning rate 0.05; about 5 minutes on 2 CPU cores; results under ``runs/sweep_small/results``):
 
     python benchmarks/train_sweep.py
 
-The full experiment of the bundle docs (``--preset full``: float, fixed 8/4/3/2 bits, learned λ in
-{0, 0.05, 0.1, 0.25, 0.5, 1}; 6 epochs of 640 slices; about an hour on 2 CPU cores):
+The experiment of the bundle docs (see ``benchmarks/results/sweep/README.md`` for the commands, in order: the
+float twin to its plateau first, then the arms from it, then the seeds of the key comparison):
 
-    python benchmarks/train_sweep.py --preset full --out runs/sweep_full
-
-Writes ``<out>/<run>/`` (``@`` and ``:`` become ``_``: checkpoint with the best validation Dice, bit-width
-JSON/PNGs, TensorBoard, train.log), evaluates every checkpoint on the datalist's validation split at the volumes'
-own resolution (``<out>/<run>/eval/``: per-volume CSV, summary JSON), then writes ``<out>/results.md`` (quality
-table and training seconds per epoch vs the float run), ``results.json``, ``pareto.png`` (Dice vs weight memory
-and vs BOPs, with the paper's point), ``widths_by_lambda.png`` (final width per layer of each learned run),
-``training_time.json`` and ``sweep.json``.
+    python benchmarks/train_sweep.py --preset converged
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from machine import machine_info
-from results_table import load, pareto_png, table
+from results_table import load, paired_difference, pareto_png, table
 
 from paths import SHARED_LGG_FLAIR
 
@@ -53,46 +55,52 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
 CONFIGS = BUNDLE / "configs"
 TRAIN_CONFIG = CONFIGS / "train.json"
+RESULTS = REPO / "benchmarks" / "results" / "sweep"
 PRESETS = {
     # minutes on 2 CPU cores; bit learning rate raised so that widths visibly move in 40 steps
     "small": {"runs": ["float", "fixed4", "learned@0.25:init4"], "epochs": 2, "samples_per_epoch": 320,
-              "bit_learning_rate": 0.05},
-    # the experiment of the bundle docs: about an hour on 2 CPU cores
-    "full": {"runs": ["float", "fixed8", "fixed4", "fixed3", "fixed2", "learned@0:init4", "learned@0.05:init4",
-                      "learned@0.1:init4", "learned@0.25:init4", "learned@0.5:init4", "learned@1.0:init4"],
-             "epochs": 6, "samples_per_epoch": 640, "bit_learning_rate": None},
+              "bit_learning_rate": 0.05, "out": "runs/sweep_small", "results": "runs/sweep_small/results"},
+    # the bundle docs' experiment: every quantized arm fine-tunes the converged float twin for the same budget
+    "converged": {"runs": ["fixed8", "fixed4", "fixed3", "fixed2", "learned@0.1", "learned@0.25", "learned@1.0",
+                           "learned@0.25:init4", "learned@0.25:bops"],
+                  "epochs": 20, "samples_per_epoch": 640, "bit_learning_rate": None, "out": "runs/sweep",
+                  "results": str(RESULTS)},
 }
 NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size")
-_RUN_RE = re.compile(r"^(float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted))?(?::init(?P<init>[2-8]))?)$")
+KEPT_FILES = ("bit_widths.json",)  # besides the evaluation's summary.json and run.json
+_RUN_RE = re.compile(r"^(float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted|bops))?(?::init(?P<init>[2-8]))?)$")
 
 
 def run_overrides(name: str) -> dict:
     """Bundle overrides for a run name (see module docstring)."""
     m = _RUN_RE.match(name)
     if not m:
-        raise ValueError(f"bad run name {name!r}: use float, fixed<N> or learned@<lambda>[:mean|:size_weighted][:init<N>]")
+        raise ValueError(f"bad run name {name!r}: use float, fixed<N> or learned@<lambda>[:mean|:size_weighted|:bops][:init<N>]")
     if name == "float":
         return {"quantization": "float"}
     if m["bits"]:
         return {"quantization": "fixed", "bit_width": int(m["bits"])}
+    init = int(m["init"] or 8)
     return {
         "quantization": "learned",
         "lambda_bits": float(m["lam"]),
         "bit_reduction": m["red"] or "mean",
-        "bit_width": int(m["init"] or 8),
+        "bit_width": init,
+        "max_bit_width": init,
     }
 
 
-def run_dir(out: str | Path, name: str) -> Path:
-    """Folder of one run: the name with '@' and ':' replaced by '_'."""
-    return Path(out) / re.sub(r"[@:]", "_", name)
+def run_dir(out: str | Path, name: str, seed: int | None = None) -> Path:
+    """Folder of one run: the name with '@' and ':' replaced by '_', then ``seed<k>`` when a seed is given."""
+    folder = Path(out) / re.sub(r"[@:]", "_", name)
+    return folder if seed is None else folder / f"seed{seed}"
 
 
-def _overrides(name: str, args: argparse.Namespace, epochs: int, out: Path) -> dict:
+def _overrides(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     overrides = {
         **run_overrides(name),
         "dataset_dir": str(Path(args.dataset_dir).resolve()),
-        "max_epochs": epochs,
+        "max_epochs": args.epochs,
         "output_dir": str(out),
         "ckpt_dir": str(out),
         "checkpoint_name": "model.pt",
@@ -100,7 +108,7 @@ def _overrides(name: str, args: argparse.Namespace, epochs: int, out: Path) -> d
         "batch_size": args.batch_size,
         "samples_per_epoch": args.samples_per_epoch,
         "num_workers": args.num_workers,
-        "seed": args.seed,
+        "seed": seed,
         "init_checkpoint": str(Path(args.init_checkpoint).resolve()) if args.init_checkpoint else "",
     }
     if args.bit_learning_rate is not None:
@@ -118,132 +126,97 @@ def _command(run_id: str | None, config_file: str, overrides: dict) -> list[str]
     return cmd
 
 
-def _launch(name: str, args: argparse.Namespace, epochs: int, log: Path) -> subprocess.Popen:
-    out = log.parent
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = _command("training", str(TRAIN_CONFIG), _overrides(name, args, epochs, out))
-    # one process per run: split the cores between them (oversubscribed OpenMP threads slow CPU training ~10x)
-    threads = str(max(1, (os.cpu_count() or 1) // len(args.runs)))
-    env = {"OMP_NUM_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1"}
+def _run_logged(cmd: list[str], log: Path, threads: int) -> None:
+    """Run ``cmd`` with ``threads`` OpenMP threads (oversubscribed threads slow CPU training ~10x); raise with
+    the log's tail if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as stream:
-        return subprocess.Popen(cmd, stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        code = subprocess.run(cmd, stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
+    if code:
+        raise RuntimeError(f"{log} (exit {code}):\n" + "".join(log.read_text().splitlines(True)[-20:]))
 
 
-def _run_all(args: argparse.Namespace, epochs: int, log_name: str) -> dict[str, float]:
-    """Run every configuration in parallel; return each run's wall seconds; raise if one fails."""
+def train_and_evaluate(name: str, seed: int, args: argparse.Namespace, threads: int) -> None:
+    """Train one (run, seed), evaluate its best checkpoint on the validation split, keep the results."""
+    out = run_dir(args.out, name, seed).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = _overrides(name, seed, args, out)
+    print(f"start {name} seed {seed}", flush=True)
     start = time.time()
-    logs = {name: run_dir(args.out, name).resolve() / log_name for name in args.runs}
-    running = {name: _launch(name, args, epochs, log) for name, log in logs.items()}
-    walls = {}
-    while running:
-        for name, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            if proc.returncode != 0:
-                for other in running.values():
-                    other.terminate()
-                raise RuntimeError(f"run {name} failed, see {logs[name]}:\n" + "".join(logs[name].read_text().splitlines(True)[-20:]))
-            walls[name] = time.time() - start
-        time.sleep(1)
-    return {name: walls[name] for name in args.runs}
-
-
-def _epochs_from_probe(args: argparse.Namespace) -> int:
-    """Epochs per run so that the slowest run fits ``--budget-minutes``, from a ``--probe-epochs`` probe."""
-    probe = _run_all(args, args.probe_epochs, "probe.log")
-    slowest = max(probe.values())
-    # wall = startup + epochs * per_epoch, startup counted as one epoch (data caching dominates short probes)
-    per_epoch = slowest / (args.probe_epochs + 1)
-    epochs = max(1, min(args.max_epochs, math.floor((args.budget_minutes * 60 - per_epoch) / per_epoch)))
-    epochs = max(args.val_interval, epochs - epochs % args.val_interval)  # the last epoch is validated
-    print(f"probe: slowest run {slowest:.0f} s for {args.probe_epochs} epoch(s) -> {epochs} epochs each", flush=True)
-    return epochs
+    _run_logged(_command("training", str(TRAIN_CONFIG), overrides), out / "train.log", threads)
+    wall = time.time() - start
+    evaluate(name, seed, args, threads)
+    kept = run_dir(args.results, name, seed)
+    kept.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "eval" / "summary.json", kept / "summary.json")
+    for file in KEPT_FILES:
+        shutil.copyfile(out / file, kept / file)
+    record = {
+        "run": name, "seed": seed, "overrides": overrides | {"dataset_dir": Path(args.dataset_dir).name,
+                                                              "output_dir": "", "ckpt_dir": "",
+                                                              "init_checkpoint": Path(args.init_checkpoint).name},
+        "command": " ".join(["python", "benchmarks/train_sweep.py", *sys.argv[1:]]),
+        "threads": threads, "jobs": args.jobs, "wall_seconds": wall,
+        "epoch_seconds": epoch_seconds(out / "train.log"), "machine": machine_info(),
+    }
+    (kept / "run.json").write_text(json.dumps(record, indent=1))
+    dice = json.loads((kept / "summary.json").read_text())["summary"]["dice"]["mean"]
+    print(f"done  {name} seed {seed}: {wall / 60:.1f} min, validation Dice {dice:.4f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", default=str(SHARED_LGG_FLAIR), help="folder with dataset.json (lgg_flair layout)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                        help="defaults for --runs, --epochs, --samples-per-epoch, --bit-learning-rate (small: minutes; "
-                        "full: the bundle docs' experiment)")
+                        help="defaults for --runs, --epochs, --samples-per-epoch, --bit-learning-rate, --out, --results")
     parser.add_argument("--runs", nargs="+")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="each run is trained once per seed")
     parser.add_argument("--bit-learning-rate", type=float, help="bundle's bit_learning_rate (default: the bundle's)")
     parser.add_argument("--init-checkpoint", default=str(BUNDLE / "models" / "float_model.pt"),
                         help='state_dict every run starts from ("" for random initialisation)')
-    parser.add_argument("--budget-minutes", type=float, default=10.0, help="wall time of the main (parallel) runs")
-    parser.add_argument("--epochs", type=int, help="epochs per run (0: as many as fit --budget-minutes)")
-    parser.add_argument("--probe-epochs", type=int, default=1)
-    parser.add_argument("--max-epochs", type=int, default=1000, help="upper bound on the epochs")
+    parser.add_argument("--epochs", type=int, help="epochs per run")
     parser.add_argument("--val-interval", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--samples-per-epoch", type=int)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (cores split between them)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="extra bundle overrides")
-    parser.add_argument("--out", default="runs/sweep")
-    parser.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the runs in --out")
-    parser.add_argument("--report-only", action="store_true", help="skip training and evaluation; redo the report")
+    parser.add_argument("--out", help="checkpoints, logs, TensorBoard (not kept)")
+    parser.add_argument("--results", help="kept results (summary.json, bit_widths.json, run.json per run and seed)")
+    parser.add_argument("--force", action="store_true", help="run again (run, seed) pairs that have results")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from --results")
     args = parser.parse_args()
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     for name in args.runs:
         run_overrides(name)  # validate names before starting anything
+    if args.report_only:
+        report(Path(args.results))
+        return
     if not (Path(args.dataset_dir) / "dataset.json").is_file():
         parser.error(f"{args.dataset_dir}: no dataset.json (give --dataset-dir; see `python -m monai_quantunet prepare-lgg`)")
     if args.epochs % args.val_interval:
         parser.error(f"--epochs {args.epochs} is not a multiple of --val-interval {args.val_interval}: the last epoch "
                      "would not be validated")
-    if args.report_only:
-        report(args)
-        return
-    if args.evaluate_only:
-        evaluate(args)
-        report(args)
-        return
-
-    epochs = args.epochs or _epochs_from_probe(args)
-    walls = _run_all(args, epochs, "train.log")
-
-    summary = {
-        "command": " ".join(["python", "benchmarks/train_sweep.py", *sys.argv[1:]]),
-        "dataset_dir": args.dataset_dir,
-        "epochs": epochs,
-        "samples_per_epoch": args.samples_per_epoch,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "init_checkpoint": args.init_checkpoint,
-        "bit_learning_rate": args.bit_learning_rate,
-        "runs": {},
-    }
-    for name in args.runs:
-        hist_path = run_dir(args.out, name) / "bit_widths.json"
-        history = json.loads(hist_path.read_text()) if hist_path.exists() else []
-        summary["runs"][name] = {
-            "overrides": run_overrides(name),
-            "wall_seconds": walls[name],
-            "best_val_dice": max((h["val_dice"] for h in history if "val_dice" in h), default=float("nan")),
-            "final": {k: v for k, v in (history[-1] if history else {}).items() if k != "layers"},
-        }
-        print(f"{name:<34} epochs {epochs:>4}  wall {walls[name]:6.0f} s  best val Dice "
-              f"{summary['runs'][name]['best_val_dice']:.4f}", flush=True)
-    (Path(args.out) / "sweep.json").write_text(json.dumps(summary, indent=1))
-    evaluate(args)
-    report(args)
+    todo = [(name, seed) for seed in args.seeds for name in args.runs
+            if args.force or not (run_dir(args.results, name, seed) / "run.json").is_file()]
+    print(f"{len(todo)} run(s) to train, {args.jobs} at a time: " + ", ".join(f"{n} seed {s}" for n, s in todo), flush=True)
+    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, max(1, len(todo))))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(train_and_evaluate, name, seed, args, threads) for name, seed in todo]:
+            future.result()
+    report(Path(args.results))
 
 
-def evaluate(args: argparse.Namespace) -> None:
-    """Bundle evaluation of each run's checkpoint (one at a time) on the validation split, at full resolution."""
-    for name in args.runs:
-        out = run_dir(args.out, name).resolve()
-        train_overrides = _overrides(name, args, 1, out)
-        overrides = {k: v for k, v in train_overrides.items() if k in NETWORK_KEYS}
-        overrides.update(checkpoint=str(out / "model.pt"), output_dir=str(out / "eval"),
-                         dataset_dir=str(Path(args.dataset_dir).resolve() / "dataset.json"))
-        configs = f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'evaluate.json'}']"
-        with open(out / "eval.log", "w") as log:
-            subprocess.run(_command(None, configs, overrides), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, check=True)
+def evaluate(name: str, seed: int, args: argparse.Namespace, threads: int) -> None:
+    """Bundle evaluation of one run's best checkpoint on the validation split, at full resolution."""
+    out = run_dir(args.out, name, seed).resolve()
+    overrides = {k: v for k, v in _overrides(name, seed, args, out).items() if k in NETWORK_KEYS}
+    overrides.update(checkpoint=str(out / "model.pt"), output_dir=str(out / "eval"),
+                     dataset_dir=str(Path(args.dataset_dir).resolve() / "dataset.json"))
+    configs = f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'evaluate.json'}']"
+    _run_logged(_command(None, configs, overrides), out / "eval.log", threads)
 
 
 _EPOCH_RE = re.compile(r"(SupervisedTrainer|SupervisedEvaluator) - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
@@ -293,26 +266,131 @@ def training_time_table(median_epoch_seconds: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def report(args: argparse.Namespace) -> None:
-    """From the runs in ``--out``: results table and Pareto plot (``results_table``), training time per epoch
-    against the float run, widths-by-λ heatmap; writes results.md, results.json, pareto.png, training_time.json,
-    widths_by_lambda.png."""
-    out = Path(args.out)
-    rows = [load(f"{name}={run_dir(out, name) / 'eval' / 'summary.json'}") for name in args.runs]
-    (out / "results.json").write_text(json.dumps(dict(rows), indent=1))
-    pareto_png(rows, str(out / "pareto.png"))
-    times = {name: epoch_seconds(run_dir(out, name) / "train.log") for name in args.runs}
+def _run_order(name: str) -> tuple:
+    """Table order: float, fixed from wide to narrow, then learned runs by λ."""
+    o = run_overrides(name)
+    return ({"float": 0, "fixed": 1, "learned": 2}[o["quantization"]], -o.get("bit_width", 0) if o["quantization"] == "fixed"
+            else o.get("lambda_bits", 0), o.get("bit_reduction", ""), -o.get("bit_width", 0))
+
+
+def collect(results: Path) -> dict[str, dict[int, dict]]:
+    """Kept results by run name and seed: ``{"summary", "history", "run"}`` each, runs in table order."""
+    found: dict[str, dict[int, dict]] = {}
+    for record in sorted(results.glob("*/seed*/run.json")):
+        run = json.loads(record.read_text())
+        found.setdefault(run["run"], {})[run["seed"]] = {
+            "summary": load(f"{run['run']}={record.parent / 'summary.json'}")[1],
+            "history": json.loads((record.parent / "bit_widths.json").read_text()),
+            "run": run,
+        }
+    return {name: dict(sorted(found[name].items())) for name in sorted(found, key=_run_order)}
+
+
+def plateau(history: list[dict]) -> dict:
+    """Validation Dice over the last quarter of the epochs: range and least-squares slope, in Dice points."""
+    points = [(h["epoch"], 100 * h["val_dice"]) for h in history if "val_dice" in h]
+    last = [(e, d) for e, d in points if e > 0.75 * points[-1][0]] if points else []
+    if len(last) < 2:
+        return {"epochs": points[-1][0] if points else 0, "last_quarter_range": float("nan"), "last_quarter_slope": float("nan")}
+    mean_e, mean_d = statistics.fmean(e for e, _ in last), statistics.fmean(d for _, d in last)
+    slope = sum((e - mean_e) * (d - mean_d) for e, d in last) / sum((e - mean_e) ** 2 for e, _ in last)
+    return {"epochs": points[-1][0], "last_quarter_range": max(d for _, d in last) - min(d for _, d in last),
+            "last_quarter_slope": slope}
+
+
+def plateau_table(plateaus: dict[str, dict]) -> str:
+    """Markdown table of :func:`plateau` by run."""
+    return "\n".join(["| run | epochs | validation Dice range over the last quarter, points | slope, points / epoch |",
+                      "| --- | --- | --- | --- |"] + [
+        f"| {n} | {p['epochs']} | {p['last_quarter_range']:.2f} | {p['last_quarter_slope']:+.3f} |" for n, p in plateaus.items()])
+
+
+def seed_table(found: dict[str, dict[int, dict]]) -> tuple[str, dict]:
+    """Runs trained with several seeds: Dice mean ± s.d. over seeds and widths; then every learned run against
+    every fixed run, paired per volume on the seed-averaged Dice (mean ± s.e. over volumes, points)."""
+    multi = {name: seeds for name, seeds in found.items() if len(seeds) > 1}
+    if not multi:
+        return "", {}
+    lines = ["| run | seeds | Dice mean ± s.d. over seeds | weight bits (simple / size-weighted) | activation bits | weights |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    stats, averaged = {}, {}
+    for name, seeds in multi.items():
+        dices = [r["summary"]["dice"]["mean"] for r in seeds.values()]
+        bits = [r["summary"]["bits"] for r in seeds.values()]
+        stats[name] = {"seeds": list(seeds), "dice": dices, "dice_mean": statistics.fmean(dices), "dice_sd": statistics.stdev(dices),
+                       **{k: statistics.fmean(b[k] for b in bits) for k in
+                          ("mean_weight_bits", "size_weighted_weight_bits", "mean_activation_bits", "weight_memory_bytes")}}
+        st = stats[name]
+        lines.append(f"| {name} | {', '.join(map(str, seeds))} | {st['dice_mean']:.4f} ± {st['dice_sd']:.4f} | "
+                     f"{st['mean_weight_bits']:.2f} / {st['size_weighted_weight_bits']:.2f} | {st['mean_activation_bits']:.2f} | "
+                     f"{st['weight_memory_bytes'] / 1024:.1f} KiB |")
+        cases = [{c["case"]: c["dice"] for c in r["summary"]["cases"]} for r in seeds.values()]
+        averaged[name] = {"cases": [{"case": k, "dice": statistics.fmean(c[k] for c in cases)} for k in cases[0]]}
+    pairs = [(a, b) for a in multi for b in multi
+             if run_overrides(a)["quantization"] == "learned" and run_overrides(b)["quantization"] == "fixed"]
+    if pairs:
+        lines += ["", "| comparison (seed-averaged, paired per volume) | Δ Dice, points (s.e.) | volumes better / worse |",
+                  "| --- | --- | --- |"]
+    for a, b in pairs:
+        mean, se = paired_difference(averaged[a], averaged[b])
+        ref = {c["case"]: c["dice"] for c in averaged[b]["cases"]}
+        better = sum(c["dice"] > ref[c["case"]] for c in averaged[a]["cases"])
+        worse = sum(c["dice"] < ref[c["case"]] for c in averaged[a]["cases"])
+        stats.setdefault("comparisons", {})[f"{a} vs {b}"] = {"mean_points": mean, "se_points": se, "better": better, "worse": worse}
+        lines.append(f"| {a} − {b} | {mean:+.2f} ({se:.2f}) | {better} / {worse} |")
+    return "\n".join(lines), stats
+
+
+def plot_curves(found: dict[str, dict[int, dict]], path: Path) -> None:
+    """Validation Dice per epoch of each run's first seed (float twin on its own panel: it trains from scratch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name, seeds in found.items():
+        history = next(iter(seeds.values()))["history"]
+        points = [(h["epoch"], h["val_dice"]) for h in history if "val_dice" in h]
+        ax = axes[0] if name == "float" else axes[1]
+        ax.plot(*zip(*points), marker=".", ms=3, lw=1, label=name)
+    for ax, title in zip(axes, ("float twin from random weights", "quantized arms from the float twin")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation Dice (128 x 128 grid)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(results: Path) -> None:
+    """From the kept results alone: the table of each run's first seed with Pareto plot, the seed table and
+    paired comparisons, plateau statistics, learning curves, widths-by-λ heatmap and training time per epoch
+    against the float run. Writes results.md, results.json, pareto.png, curves.png, widths_by_lambda.png,
+    training_time.json in ``results``."""
+    found = collect(results)
+    if not found:
+        raise SystemExit(f"{results}: no results (run.json files) to report")
+    rows = [(name, next(iter(seeds.values()))["summary"]) for name, seeds in found.items()]
+    seeds_md, seed_stats = seed_table(found)
+    plateaus = {name: plateau(next(iter(seeds.values()))["history"]) for name, seeds in found.items()}
+    (results / "results.json").write_text(json.dumps({"first_seed": dict(rows), "seeds": seed_stats, "plateau": plateaus}, indent=1))
+    pareto_png(rows, str(results / "pareto.png"))
+    plot_curves(found, results / "curves.png")
+    times = {name: next(iter(seeds.values()))["run"]["epoch_seconds"] for name, seeds in found.items()}
     median = {name: statistics.median(t) for name, t in times.items() if t}
-    (out / "training_time.json").write_text(json.dumps(
-        {"machine": machine_info(), "runs_in_parallel": len(args.runs), "epoch_seconds": times, "median_epoch_seconds": median},
+    (results / "training_time.json").write_text(json.dumps({"median_epoch_seconds": median, "runs": {
+        name: {k: next(iter(seeds.values()))["run"][k] for k in ("threads", "jobs", "machine")} for name, seeds in found.items()}},
         indent=1))
-    text = table(rows) + "\n\n" + training_time_table(median) + "\n"
-    (out / "results.md").write_text(text)
+    text = "\n\n".join(part for part in (table(rows), seeds_md, plateau_table(plateaus), training_time_table(median)) if part) + "\n"
+    (results / "results.md").write_text(text)
     print(text)
-    learned = {name: json.loads((run_dir(out, name) / "bit_widths.json").read_text())
-               for name in args.runs if run_overrides(name)["quantization"] == "learned"}
+    learned = {name: next(iter(seeds.values()))["history"] for name, seeds in found.items()
+               if run_overrides(name)["quantization"] == "learned"}
     if learned:
-        plot_widths_by_lambda(learned, out / "widths_by_lambda.png")
+        plot_widths_by_lambda(learned, results / "widths_by_lambda.png")
 
 
 if __name__ == "__main__":

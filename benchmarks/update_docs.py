@@ -1,11 +1,11 @@
 """Write the benchmark results into the README and the bundle docs (the numbers are never typed by hand).
 
-Reads a ``train_sweep.py`` output folder, a ``cost.py`` JSON and the evaluations of the shipped models, rewrites
+Reads a ``train_sweep.py`` results folder, a ``cost.py`` JSON and the evaluations of the shipped models, rewrites
 the blocks between ``<!-- BEGIN generated: NAME ... -->`` and ``<!-- END generated: NAME -->`` markers, and copies
 the figures to the bundle's ``docs/images``:
 
-    python benchmarks/update_docs.py --sweep runs/sweep_full --cost benchmarks/results/cost.json \
-        --shipped float=runs/ship/eval_float/summary.json "fixed4=..." "shipped model=..."
+    python benchmarks/update_docs.py --sweep benchmarks/results/sweep --cost benchmarks/results/cost.json \
+        --shipped float=benchmarks/results/shipped/float/summary.json "fixed4=..." "shipped model=..."
 
 Each of ``--sweep``, ``--cost``, ``--shipped`` rewrites only its own blocks.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from cost import markdown_tables
 from machine import describe
 from results_table import PAPER, load, paired_difference, table
-from train_sweep import run_dir, training_time_table
+from train_sweep import collect, plateau_table, seed_table, training_time_table
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_DOCS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs"
@@ -81,49 +81,54 @@ def findings(results: dict, chosen: str) -> list[str]:
     return out
 
 
-def sweep_block(sweep_dir: Path, chosen: str, images: Path) -> tuple[str, str]:
-    """(bundle-docs block, README block) from a train_sweep output folder; copies its figures to ``images``."""
-    results = json.loads((sweep_dir / "results.json").read_text())
-    sweep = json.loads((sweep_dir / "sweep.json").read_text())
-    timing = json.loads((sweep_dir / "training_time.json").read_text())
-    rows = list(results.items())
-    wall = max(r["wall_seconds"] for r in sweep["runs"].values()) / 60
-    chosen_dir = run_dir(sweep_dir, chosen)
-    figures = {"sweep_pareto.png": sweep_dir / "pareto.png", "sweep_widths_by_lambda.png": sweep_dir / "widths_by_lambda.png",
-               "sweep_bit_widths.png": chosen_dir / "bit_widths.png", "sweep_bit_widths_history.png": chosen_dir / "bit_widths_history.png"}
+def sweep_block(results_dir: Path, chosen: str, images: Path) -> tuple[str, str]:
+    """(bundle-docs block, README block) from a train_sweep results folder (``report`` already run); copies its
+    figures to ``images``."""
+    found = collect(results_dir)
+    rows = [(name, next(iter(seeds.values()))["summary"]) for name, seeds in found.items()]
+    seeds_md, _ = seed_table(found)
     images.mkdir(parents=True, exist_ok=True)
-    for dst, src in figures.items():
-        shutil.copyfile(src, images / dst)
-    settings = (f"{len(rows)} runs in parallel (one process each), every run initialised from "
-                f"`{Path(sweep['init_checkpoint']).name if sweep.get('init_checkpoint') else 'random weights'}`, "
-                f"{sweep['epochs']} epochs x {sweep['samples_per_epoch']} slices (batch {sweep['batch_size']}), seed "
-                f"{sweep['seed']}, cosine learning rate, bit learning rate {sweep.get('bit_learning_rate') or 'as in train.json'}; "
-                "each evaluated at its best validation epoch")
+    for name in ("pareto.png", "curves.png", "widths_by_lambda.png"):
+        if (results_dir / name).is_file():
+            shutil.copyfile(results_dir / name, images / f"sweep_{name}")
+    runs = [r["run"] for seeds in found.values() for r in seeds.values()]
+    budgets = sorted({(r["run"] == "float", r["overrides"]["max_epochs"], r["overrides"]["samples_per_epoch"],
+                       r["overrides"]["init_checkpoint"] or "random weights") for r in runs})
+    settings = "; ".join(f"{'float twin' if is_float else 'quantized arms'}: {e} epochs x {n} slices from {init}"
+                         for is_float, e, n, init in budgets)
+    machines = sorted({describe(r["machine"]) for r in runs})
+    commands = list(dict.fromkeys(r["command"] for r in runs))
+    wall = sum(r["wall_seconds"] for r in runs) / 3600
     main = "\n".join([
-        f"Machine: {describe(timing['machine'])}. {settings}; training took {wall:.0f} min of wall time.",
+        f"Machine: {'; '.join(machines)}. {settings}; batch 16, cosine learning rate, each run evaluated at its best "
+        f"validation epoch; {len(runs)} runs, {wall:.1f} h of training wall time in all. Commands, in order:",
         "",
-        f"```bash\n{sweep['command']}\n```",
+        "```bash\n" + "\n".join(commands) + "\n```",
         "",
         table(rows),
         "",
-        *[f"- {line}" for line in findings(results, chosen)],
+        *[f"- {line}" for line in findings(dict(rows), chosen)],
+        *(["", "Seeds (every arm of the key comparison trained with each seed):", "", seeds_md] if seeds_md else []),
     ])
     docs = "\n".join([
         main,
         "",
-        "Training time per epoch in the same run (the runs shared the cores, so these ratios are rough; "
-        "`benchmarks/cost.py` below times one step of each model alone):",
+        "Validation Dice per epoch (the float twin's plateau justifies the quantized arms' budget):",
         "",
-        training_time_table(timing["median_epoch_seconds"]),
+        "![validation Dice per epoch](images/sweep_curves.png)",
+        "",
+        plateau_table(json.loads((results_dir / "results.json").read_text())["plateau"]),
+        "",
+        "Training time per epoch in the same sweep (runs shared the cores; `benchmarks/cost.py` below times one "
+        "step of each model alone):",
+        "",
+        training_time_table(json.loads((results_dir / "training_time.json").read_text())["median_epoch_seconds"]),
         "",
         "![Dice vs weight memory and vs BOPs](images/sweep_pareto.png)",
         "",
-        "Where the bits go: final widths of every learned run, and the widths of "
-        f"`{chosen}` after training and epoch by epoch:",
+        "Where the bits go: final widths of every learned run:",
         "",
         "![final widths by lambda](images/sweep_widths_by_lambda.png)",
-        f"![final widths of {chosen}](images/sweep_bit_widths.png)",
-        f"![widths of {chosen} during training](images/sweep_bit_widths_history.png)",
     ])
     return docs, main
 
@@ -137,7 +142,7 @@ def cost_block(cost: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", default=None, help="train_sweep.py output folder")
+    parser.add_argument("--sweep", default=None, help="train_sweep.py results folder (e.g. benchmarks/results/sweep)")
     parser.add_argument("--cost", default=None, help="cost.py JSON report (e.g. benchmarks/results/cost.json)")
     parser.add_argument("--shipped", nargs="+", default=None, metavar="NAME=SUMMARY_JSON",
                         help="evaluations of the shipped models (bundle evaluate.json's summary.json), in table order")

@@ -20,8 +20,10 @@ def test_run_names_map_to_bundle_overrides():
     assert train_sweep.run_overrides("float") == {"quantization": "float"}
     assert train_sweep.run_overrides("fixed3") == {"quantization": "fixed", "bit_width": 3}
     assert train_sweep.run_overrides("learned@0.05:size_weighted:init4") == {
-        "quantization": "learned", "lambda_bits": 0.05, "bit_reduction": "size_weighted", "bit_width": 4}
-    assert train_sweep.run_dir("out", "learned@0.5:init4") == Path("out/learned_0.5_init4")
+        "quantization": "learned", "lambda_bits": 0.05, "bit_reduction": "size_weighted", "bit_width": 4, "max_bit_width": 4}
+    assert train_sweep.run_overrides("learned@1:bops") == {  # the paper's setting: widths start at 8, clamped to [2, 8]
+        "quantization": "learned", "lambda_bits": 1.0, "bit_reduction": "bops", "bit_width": 8, "max_bit_width": 8}
+    assert train_sweep.run_dir("out", "learned@0.5:init4", 2) == Path("out/learned_0.5_init4/seed2")
     with pytest.raises(ValueError, match="bad run name"):
         train_sweep.run_overrides("fixed9")
 
@@ -48,6 +50,14 @@ def test_epoch_seconds_subtracts_validation(tmp_path):
         "x - ignite.engine.engine.SupervisedTrainer - INFO - Epoch[2] Complete. Time taken: 00:01:30.000\n"
     )
     assert train_sweep.epoch_seconds(log) == [70.5, 70.0]
+
+
+def test_plateau_measures_the_last_quarter():
+    history = [{"epoch": e, "val_dice": 0.5 + 0.01 * min(e, 6)} for e in range(2, 17, 2)]  # flat from epoch 6
+    p = train_sweep.plateau(history)
+    assert p == {"epochs": 16, "last_quarter_range": 0.0, "last_quarter_slope": 0.0}
+    rising = train_sweep.plateau([{"epoch": e, "val_dice": 0.01 * e} for e in range(1, 9)])
+    assert rising["last_quarter_slope"] == pytest.approx(1.0) and rising["last_quarter_range"] == pytest.approx(1.0)
 
 
 def test_replace_block_rewrites_only_between_markers():
@@ -78,19 +88,31 @@ def test_findings_compare_learned_runs_with_fixed_baselines_of_the_same_size():
 
 
 def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
-    """Two short runs on generated volumes -> evaluation, table, plots; cost report; docs blocks from both."""
-    out = tmp_path / "sweep"
+    """Short runs on generated volumes (two seeds of one) -> evaluation, kept results, tables, plots; a second
+    call resumes (trains nothing); cost report; docs blocks from both."""
+    out, results_dir = tmp_path / "sweep", tmp_path / "results"
     small = ["--set", "spatial_size=[32,32]", "channels=[4,8,16,32,64]"]
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_sweep.py"), "--dataset-dir", str(synthetic_dataset),
-                    "--runs", "float", "learned@0.25:init4", "--epochs", "2", "--samples-per-epoch", "32",
-                    "--batch-size", "8", "--init-checkpoint", "", "--out", str(out), *small], check=True, cwd=REPO,
+    sweep = [sys.executable, str(REPO / "benchmarks" / "train_sweep.py"), "--dataset-dir", str(synthetic_dataset),
+             "--epochs", "2", "--samples-per-epoch", "32", "--batch-size", "8", "--init-checkpoint", "", "--out", str(out),
+             "--results", str(results_dir), *small]
+    subprocess.run([*sweep, "--runs", "float", "learned@0.25:init4"], check=True, cwd=REPO, capture_output=True, text=True)
+    subprocess.run([*sweep, "--runs", "fixed4", "learned@0.25:init4", "--seeds", "0", "1"], check=True, cwd=REPO,
                    capture_output=True, text=True)
-    results = json.loads((out / "results.json").read_text())
-    assert list(results) == ["float", "learned@0.25:init4"]
+    resumed = subprocess.run([*sweep, "--runs", "float", "learned@0.25:init4"], check=True, cwd=REPO, capture_output=True,
+                             text=True)
+    assert "0 run(s) to train" in resumed.stdout
+    shutil.rmtree(out)  # the tables are rebuilt from the kept results alone
+    subprocess.run([*sweep, "--runs", "float", "--report-only"], check=True, cwd=REPO, capture_output=True, text=True)
+    report = json.loads((results_dir / "results.json").read_text())
+    results = report["first_seed"]
+    assert list(results) == ["float", "fixed4", "learned@0.25:init4"]
     assert results["float"]["bits"]["mean_weight_bits"] == 32
     assert results["learned@0.25:init4"]["bits"]["mean_weight_bits"] <= 4
-    for name in ("pareto.png", "widths_by_lambda.png", "results.md", "training_time.json", "sweep.json"):
-        assert (out / name).stat().st_size > 0, name
+    assert report["seeds"]["fixed4"]["seeds"] == [0, 1]
+    assert set(report["seeds"]["comparisons"]) == {"learned@0.25:init4 vs fixed4"}
+    assert report["plateau"]["float"]["epochs"] == 2
+    for name in ("pareto.png", "curves.png", "widths_by_lambda.png", "results.md", "training_time.json"):
+        assert (results_dir / name).stat().st_size > 0, name
     image = json.loads((synthetic_dataset / "dataset.json").read_text())["validation"][0]["image"]
     cost_json = tmp_path / "cost.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "cost.py"), "--volume", str(synthetic_dataset / image),
@@ -106,13 +128,14 @@ def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
     shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs", docs)
     readme = tmp_path / "README.md"
     shutil.copyfile(REPO / "README.md", readme)
-    update_docs.main(["--sweep", str(out), "--cost", str(cost_json), "--readme", str(readme), "--bundle-docs", str(docs),
-                      "--shipped", f"float={out / 'float' / 'eval' / 'summary.json'}",
-                      f"my model={out / 'learned_0.25_init4' / 'eval' / 'summary.json'}"])
+    update_docs.main(["--sweep", str(results_dir), "--cost", str(cost_json), "--readme", str(readme), "--bundle-docs",
+                      str(docs), "--shipped", f"float={results_dir / 'float' / 'seed0' / 'summary.json'}",
+                      f"my model={results_dir / 'learned_0.25_init4' / 'seed0' / 'summary.json'}"])
     text = (docs / "README.md").read_text()
     assert text.count("| my model |") == 1 and readme.read_text().count("| my model |") == 1
     dice = results["learned@0.25:init4"]["dice"]
     assert f"| learned@0.25:init4 | {dice['mean']:.4f} ({dice['std']:.3f}) |" in text
     assert f"| float twin | {cost['training']['models']['float twin']['seconds_per_epoch']:.1f} | 1.00 |" in text
-    assert (docs / "images" / "sweep_widths_by_lambda.png").is_file()
+    assert (docs / "images" / "sweep_widths_by_lambda.png").is_file() and (docs / "images" / "sweep_curves.png").is_file()
+    assert "| learned@0.25:init4 − fixed4 |" in text
     assert f"{dice['mean']:.4f}" in readme.read_text()
