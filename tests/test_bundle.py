@@ -87,6 +87,7 @@ def test_evaluation_writes_metrics(trained, synthetic_dataset, tmp_path, base):
         assert 0 <= case["dice"] <= 1 and 0 <= case["iou"] <= case["dice"] + 1e-9 and 0.5 < case["accuracy"] <= 1
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("case,dice,iou,accuracy") and len(rows) == 3
+    assert (tmp_path / "overlays.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # best / median / worst overlays
 
 
 def test_metadata_matches_zoo_schema_and_network():
