@@ -16,6 +16,7 @@ Run names:
 Outputs: ``--out`` holds what is not kept (checkpoints, TensorBoard, logs): ``<out>/<run>/seed<k>/``. What the
 tables are made of is kept in the repository, ``--results`` (default ``benchmarks/results/sweep``):
 ``<results>/<run>/seed<k>/`` holds ``summary.json`` (evaluation at the volumes' own resolution, per volume),
+``overlays.png`` (best, median and worst validation volumes),
 ``bit_widths.json`` (widths and validation Dice per epoch) and ``run.json`` (settings, command, machine, seconds
 per epoch). A (run, seed) whose results exist is not run again, so a sweep can be spread over several sittings;
 ``--report-only`` rebuilds ``results.md``, ``results.json``, ``pareto.png``, ``curves.png``,
@@ -61,9 +62,9 @@ PRESETS = {
     "small": {"runs": ["float", "fixed4", "learned@0.25:init4"], "epochs": 2, "samples_per_epoch": 320,
               "bit_learning_rate": 0.05, "out": "runs/sweep_small", "results": "runs/sweep_small/results"},
     # the bundle docs' experiment: every quantized arm fine-tunes the converged float twin for the same budget
-    "converged": {"runs": ["fixed8", "fixed4", "fixed3", "fixed2", "learned@0.1", "learned@0.25", "learned@1.0",
-                           "learned@0.25:init4", "learned@0.25:bops"],
-                  "epochs": 20, "samples_per_epoch": 640, "bit_learning_rate": None, "out": "runs/sweep",
+    "converged": {"runs": ["fixed4", "learned@0.25:init4", "learned@1.0:init4", "fixed3", "learned@0.25", "learned@1.0",
+                           "learned@0.1", "learned@1.0:bops", "fixed8", "fixed2"],
+                  "epochs": 16, "samples_per_epoch": 640, "bit_learning_rate": None, "out": "runs/sweep",
                   "results": str(RESULTS)},
 }
 NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size")
@@ -148,7 +149,8 @@ def train_and_evaluate(name: str, seed: int, args: argparse.Namespace, threads: 
     evaluate(name, seed, args, threads)
     kept = run_dir(args.results, name, seed)
     kept.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "eval" / "summary.json", kept / "summary.json")
+    for file in ("summary.json", "overlays.png"):
+        shutil.copyfile(out / "eval" / file, kept / file)
     for file in KEPT_FILES:
         shutil.copyfile(out / file, kept / file)
     record = {
