@@ -64,7 +64,7 @@ PRESETS = {
     # the bundle docs' experiment: every quantized arm fine-tunes the converged float twin for the same budget
     "converged": {"runs": ["fixed4", "learned@0.25:init4", "learned@1.0:init4", "fixed3", "learned@0.25", "learned@1.0",
                            "learned@0.1", "learned@1.0:bops", "fixed8", "fixed2"],
-                  "epochs": 16, "samples_per_epoch": 640, "bit_learning_rate": None, "out": "runs/sweep",
+                  "epochs": 30, "samples_per_epoch": 640, "bit_learning_rate": None, "out": "runs/sweep",
                   "results": str(RESULTS)},
 }
 NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size")
