@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--samples-per-epoch", type=int)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (cores split between them)")
+    parser.add_argument("--threads", type=int, help="threads per run (default: the cores split between --jobs runs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="extra bundle overrides")
     parser.add_argument("--out", help="checkpoints, logs, TensorBoard (not kept)")
     parser.add_argument("--results", help="kept results (summary.json, bit_widths.json, run.json per run and seed)")
@@ -204,7 +205,7 @@ def main() -> None:
     todo = [(name, seed) for seed in args.seeds for name in args.runs
             if args.force or not (run_dir(args.results, name, seed) / "run.json").is_file()]
     print(f"{len(todo)} run(s) to train, {args.jobs} at a time: " + ", ".join(f"{n} seed {s}" for n, s in todo), flush=True)
-    threads = max(1, (os.cpu_count() or 1) // min(args.jobs, max(1, len(todo))))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // min(args.jobs, max(1, len(todo))))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for future in [pool.submit(train_and_evaluate, name, seed, args, threads) for name, seed in todo]:
             future.result()
