@@ -6,7 +6,7 @@ Brevitas exports each quantized layer as ``DQ(x) -> Conv(DQ(Clip(W))) -> BatchNo
 and drops the Relu before a Q whose zero point is the range minimum; anything else between the DQs and the Q
 leaves the conv in float. :func:`fuse_for_integer_kernels` rewrites the graph into that form:
 
-* a Clip of constant integer weights becomes its clipped constant (exact);
+* Identity and Clip of constants (shared initializers, integer weights) become constants (exact);
 * DequantizeLinear moves after MaxPool, and after Concat when all inputs share scale and zero point (exact:
   max and concatenation commute with an increasing affine map), so the next conv reads a DQ output;
 * BatchNormalization ``a * conv + b`` (per output channel) folds into the conv or transposed conv before it:
@@ -14,10 +14,11 @@ leaves the conv in float. :func:`fuse_for_integer_kernels` rewrites the graph in
   weights: no overflow), an int32 bias with scale ``s_x s_w |a| / gain``. The exact shift ``b`` is rarely a
   whole number of bias steps; :func:`_integer_bias` picks per channel the gain (as far as int8 weights and
   onnxruntime's int16 pair sums allow) and the integer bias with which every reachable integer accumulator
-  lands on the same output level as with ``b``. Where none exists (e.g. 8-bit weights leave no room for a
-  gain) the nearest is used and an accumulator within half a bias step of a rounding edge may move one level.
+  lands on the same output level as with ``b``. A layer where some channel has none, or where a rounding edge
+  lies within float32 rounding of a reachable accumulator (the float graph's own result there is decided by
+  rounding noise), is left as exported (float conv).
 
-The rewritten graph computes the same integer activations as Brevitas's up to float32 rounding at exact ties.
+So the rewritten graph computes the same integer activations as Brevitas's.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ __all__ = ["fuse_for_integer_kernels"]
 # onnxruntime's AVX2 8-bit kernels sum pairs of integer products in int16 (saturating): scaled weights keep
 # 2 x max|x| x max|w| within it.
 PAIR_SUM_LIMIT = 2**15 - 1
+# Relative rounding error allowed for float32 accumulators and requantization (8 units in the last place).
+FLOAT_ROUNDING = 2**-21
 
 
 def fuse_for_integer_kernels(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (Brevitas QCDQ export) rewritten so onnxruntime runs its convs as QLinearConv (see module doc)."""
     graph = _Graph(model.graph)
-    graph.fold_constant_clips()
+    graph.fold_constants()
     graph.dequantize_after("MaxPool")
     graph.dequantize_after("Concat")
     graph.fold_batch_norms()
@@ -83,12 +86,12 @@ class _Graph:
             return int(max(abs(int(self.consts[i])) for i in node.input[1:3]))
         return max(-int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
 
-    def fold_constant_clips(self) -> None:
-        """Clip nodes whose inputs are all constants become constants (Brevitas's weight clipping)."""
-        for node in [n for n in self.nodes if n.op_type == "Clip"]:
+    def fold_constants(self) -> None:
+        """Identity and Clip nodes of constants (shared initializers, Brevitas's weight clipping) become constants."""
+        for node in [n for n in self.nodes if n.op_type in ("Identity", "Clip")]:
             if all(i in self.consts for i in node.input):
-                x, lo, hi = (self.consts[i] for i in node.input)
-                self.consts[node.output[0]] = np.clip(x, lo, hi).astype(x.dtype)
+                x, *bounds = (self.consts[i] for i in node.input)
+                self.consts[node.output[0]] = np.clip(x, *bounds).astype(x.dtype) if bounds else x
                 self.replace([node], [])
 
     def dequantize_after(self, op_type: str) -> None:
@@ -161,23 +164,26 @@ class _Graph:
             unit = x_scale * np.broadcast_to(weight_scale, (channels,)) * np.abs(a)  # value of one accumulator unit
             offset = (beta - mean * a) / unit  # the BatchNorm shift, in accumulator units
             # gain: the weights may grow up to the int16 pair-sum and the int8 limit
-            weight_limit = min(np.iinfo(weight.dtype).max,
-                               PAIR_SUM_LIMIT // (2 * self.integer_bound(x_int, x_zero_point.dtype)))
+            x_bound = self.integer_bound(x_int, x_zero_point.dtype)
+            weight_limit = min(np.iinfo(weight.dtype).max, PAIR_SUM_LIMIT // (2 * x_bound))
             other_axes = tuple(d for d in range(weight.ndim) if d != channel_axis)
             weight_max = np.abs(weight.astype(np.int64)).max(axis=other_axes)
             max_gain = np.maximum(1, weight_limit // np.maximum(1, weight_max))
+            reach = x_bound * np.abs(weight.astype(np.int64)).sum(axis=other_axes)  # largest |accumulator|
             levels = self.output_levels(bn.output[0])
-            if levels is None:
-                gain, bias = max_gain, np.round(offset * max_gain)
-            else:
-                gain, bias = _integer_bias(offset, levels[0] / unit, levels[1], max_gain)
+            if levels is None or levels[1].min() <= 0:
+                continue  # not requantized, or into levels below the zero point (not this network's case)
+            y_scale, thresholds = levels
+            gain, bias, exact = _integer_bias(offset, y_scale / unit, thresholds, max_gain, reach)
+            if not exact.all():
+                continue  # no integer bias reproduces some channel's output levels: the layer stays in float
             if np.abs(bias).max() > np.iinfo(np.int32).max:
                 raise ValueError(f"{conv.name}: folded BatchNorm bias overflows int32")
             if np.any(weight_max * gain > np.iinfo(weight.dtype).max):
                 raise ValueError(f"{conv.name}: weights are not narrow-range, cannot negate them to fold BatchNorm")
 
             shape = [channels if d == channel_axis else 1 for d in range(weight.ndim)]
-            new_weight_scale = (unit / x_scale / gain).astype(np.float32)
+            new_weight_scale = (unit / (x_scale * gain)).astype(np.float32)
             prefix = conv.output[0]
             self.consts.update({
                 prefix + "_weight": (weight * np.where(a < 0, -gain, gain).reshape(shape)).astype(weight.dtype),
@@ -219,26 +225,36 @@ def _attribute(node: onnx.NodeProto, name: str, default):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def _integer_bias(offset: np.ndarray, step: np.ndarray, thresholds: np.ndarray,
-                  max_gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per output channel, a weight gain and an integer bias that requantize every accumulator as the exact bias does.
+def _integer_bias(offset: np.ndarray, step: np.ndarray, thresholds: np.ndarray, max_gain: np.ndarray,
+                  reach: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output channel, a weight gain and an integer bias with which every integer accumulator requantizes to the
+    output level it reaches with the exact bias.
 
-    ``offset``: the exact bias, ``step``: one output quantization step, both in accumulator units, ``max_gain``:
-    the largest allowed gain, >= 1 (all ``(C,)``); ``thresholds``: the output level boundaries, in steps, ``(K,)``.
-    An integer accumulator ``acc`` passes boundary ``t`` iff ``acc >= t * step - offset``; with weights times
-    ``gain`` and bias ``B``, iff ``acc >= t * step - B / gain``. The two agree for every integer ``acc`` iff
-    ``B / gain`` lies in ``[offset - min(1 - f), offset + min f)``, ``f = (t * step - offset) mod 1``. Returns
-    ``(gain, B)`` whose ``B / gain`` lies deepest inside that interval, over gains ``1..max_gain`` (outside it,
-    by the least, where no gain fits).
+    ``offset`` (the exact bias) and ``step`` (one output quantization step), both in accumulator units,
+    ``max_gain`` (>= 1) and ``reach`` (the largest ``|accumulator|`` the inputs can make): ``(C,)``;
+    ``thresholds``: the boundaries between output levels, in steps, ``(K,)``. An integer accumulator ``acc``
+    passes boundary ``t`` iff ``acc >= u = t * step - offset``; with weights times ``gain`` and bias ``B`` iff
+    ``acc >= t * step - B / gain``. The two agree for every ``acc`` iff ``B / gain`` lies in
+    ``[offset - min(1 - f), offset + min f)``, ``f = u mod 1``, minima over the boundaries within reach.
+    Returns ``(gain, B, exact)``: over gains ``1..max_gain`` the ``B / gain`` deepest inside that interval;
+    ``exact`` where it lies deeper than float32 rounding and no ``u`` within reach is within float32 rounding of
+    an integer (there the float graph itself rounds either way).
     """
-    f = np.mod(thresholds[None, :] * step[:, None] - offset[:, None], 1.0)
+    u = thresholds[None, :] * step[:, None] - offset[:, None]  # (C, K)
+    within = np.abs(u) <= reach[:, None] + 1
+    f = np.where(within, np.mod(u, 1.0), 0.5)  # 0.5: no constraint
     low, high = offset - (1 - f).min(axis=1), offset + f.min(axis=1)
-    gains = np.arange(1, max_gain.max() + 1)[None, :]
-    bias = np.round(gains * (low + high)[:, None] / 2)
+    gains = np.arange(1, max_gain.max() + 1)[None, :]  # (1, G)
+    bias = np.round(gains * (low + high)[:, None] / 2)  # (C, G)
     margin = np.minimum(bias / gains - low[:, None], high[:, None] - bias / gains)
     margin[gains > max_gain[:, None]] = -np.inf
     best = margin.argmax(axis=1)
-    return gains[0, best], bias[np.arange(len(offset)), best]
+    gain, bias = gains[0, best], bias[np.arange(len(offset)), best]
+    rounding = FLOAT_ROUNDING * (np.abs(u) + np.abs(offset)[:, None])  # (C, K), accumulator units
+    boundary = u + (offset - bias / gain)[:, None]  # the boundaries with the integer bias
+    depth = np.minimum(boundary - np.ceil(u) + 1, np.ceil(u) - boundary)
+    exact = np.all(~within | (depth > rounding) & (np.minimum(f, 1 - f) > rounding), axis=1)
+    return gain, bias, exact
 
 
 def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
