@@ -16,6 +16,7 @@ The volume (default: the first validation case of ../shared/data/lgg_flair, 256 
 three backends; the median is reported, as a ratio to the float twin.
 
     python benchmarks/cost.py [--checkpoint model.pt] [--float-checkpoint float_model.pt] [--out cost.json]
+                              [--skip-training]
 """
 
 from __future__ import annotations
@@ -190,13 +191,18 @@ def peak_rss_in_fresh_process(section: str, name: str, args: argparse.Namespace)
 
 
 def markdown_tables(report: dict) -> str:
-    """The training and inference tables of a cost report (as :func:`main` returns it), in Markdown."""
-    t = report["training"]
-    lines = [f"Training, one epoch = {t['steps_per_epoch']} steps of {t['batch']} slices (median of {t['repeats']} steps):",
-             "", "| model | s / epoch | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {n} | {r['seconds_per_epoch']:.1f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |"
-              for n, r in t["models"].items()]
-    lines += ["", f"Inference, whole volume (median of {report['repeats']}):", "",
+    """The training (unless skipped) and inference tables of a cost report (as :func:`main` returns it), in
+    Markdown."""
+    lines = []
+    if "training" in report:
+        t = report["training"]
+        lines += [f"Training, one epoch = {t['steps_per_epoch']} steps of {t['batch']} slices (median of "
+                  f"{t['repeats']} steps):", "", "| model | s / epoch | x float twin | peak RSS MiB |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {n} | {r['seconds_per_epoch']:.1f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |"
+                  for n, r in t["models"].items()]
+        lines.append("")
+    lines += [f"Inference, whole volume (median of {report['repeats']}):", "",
               "| backend | s / volume | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {n} | {r['median_s']:.3f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |"
               for n, r in report["inference"].items()]
@@ -226,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-batch", type=int, default=16, help="slices per training step")
     parser.add_argument("--train-repeats", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--samples-per-epoch", type=int, default=640, help="slices per epoch (bundle default)")
+    parser.add_argument("--skip-training", action="store_true", help="time inference only")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -233,8 +240,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     volume, source = load_volume(args.volume, tuple(args.spatial_size))
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: build() for name, build in training_builders(args, volume).items()}
-        training = time_backends(trainers, args.train_repeats)
+        training = {}
+        if not args.skip_training:
+            trainers = {name: build() for name, build in training_builders(args, volume).items()}
+            training = time_backends(trainers, args.train_repeats)
         backends = {name: build() for name, build in inference_builders(args, volume, Path(tmp)).items()}
         results = time_backends(backends, args.repeats)
         # sanity: QCDQ logits and masks against the fake-quant model's on the whole volume
@@ -244,10 +253,6 @@ def main(argv: list[str] | None = None) -> dict:
     for section, measured in (("training", training), ("inference", results)):
         for name in measured:
             measured[name]["peak_rss_mib"] = peak_rss_in_fresh_process(section, name, args)
-    _add_medians(training)
-    steps_per_epoch = math.ceil(args.samples_per_epoch / args.train_batch)
-    for r in training.values():
-        r["seconds_per_epoch"] = r["median_s"] * steps_per_epoch
     _add_medians(results)
     report = {
         "machine": machine_info(),
@@ -259,9 +264,15 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "repeats": args.repeats,
         "qcdq_vs_fake_quant": check,
-        "training": {"batch": args.train_batch, "repeats": args.train_repeats, "steps_per_epoch": steps_per_epoch, "models": training},
         "inference": results,
     }
+    if training:
+        _add_medians(training)
+        steps_per_epoch = math.ceil(args.samples_per_epoch / args.train_batch)
+        for r in training.values():
+            r["seconds_per_epoch"] = r["median_s"] * steps_per_epoch
+        report["training"] = {"batch": args.train_batch, "repeats": args.train_repeats,
+                              "steps_per_epoch": steps_per_epoch, "models": training}
     print(describe(report["machine"]))
     print(f"volume {source}, network input {tuple(volume.shape)}, channels {args.channels}, {args.threads} threads\n")
     print(markdown_tables(report))

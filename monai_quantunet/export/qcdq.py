@@ -1,7 +1,9 @@
 """QCDQ export (standard ONNX with QuantizeLinear / DequantizeLinear) and onnxruntime inference on CPU.
 
 The QCDQ model has a dynamic batch axis, so a whole stack of slices runs in one call; height and width are
-fixed at export. :func:`onnx_network` wraps it as a torch-callable so ``monai_quantunet.inference.
+fixed at export. Its graph is rewritten after Brevitas's export (:mod:`monai_quantunet.export.qdq_fusion`:
+BatchNorm folded into the convs, integer max pooling and concatenation) so onnxruntime runs the convs as
+integer QLinearConv kernels. :func:`onnx_network` wraps it as a torch-callable so ``monai_quantunet.inference.
 predict_volume`` and MONAI's ``SliceInferer`` can run whole volumes through it.
 """
 
@@ -19,9 +21,17 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
-def export_qcdq_model(network: nn.Module, example: torch.Tensor, path: str | Path) -> None:
-    """Write ``network`` as QCDQ ONNX for inputs ``(B, C, H, W)``, H and W as in ``example``, B dynamic."""
+def export_qcdq_model(network: nn.Module, example: torch.Tensor, path: str | Path,
+                      integer_kernels: bool = True) -> None:
+    """Write ``network`` as QCDQ ONNX for inputs ``(B, C, H, W)``, H and W as in ``example``, B dynamic.
+
+    ``integer_kernels``: rewrite Brevitas's graph with
+    :func:`~monai_quantunet.export.qdq_fusion.fuse_for_integer_kernels` (False: Brevitas's graph as is).
+    """
+    import onnx
     from brevitas.export import export_onnx_qcdq
+
+    from monai_quantunet.export.qdq_fusion import fuse_for_integer_kernels
 
     export_onnx_qcdq(
         network,
@@ -33,6 +43,8 @@ def export_qcdq_model(network: nn.Module, example: torch.Tensor, path: str | Pat
         output_names=[OUTPUT_NAME],
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
     )
+    if integer_kernels:
+        onnx.save(fuse_for_integer_kernels(onnx.load(str(path))), str(path))
 
 
 class OnnxSliceNetwork(nn.Module):
@@ -40,6 +52,9 @@ class OnnxSliceNetwork(nn.Module):
 
     Input ``(B, C, H, W)`` float tensor (any device; H, W as exported), output ``(B, out, H, W)`` logits on
     the input's device. ``num_threads``: onnxruntime intra-op threads (0 = its default).
+
+    All graph optimizations (layout ones included: QLinearConv in NHWC, about 15% faster than without on a whole
+    volume); idle threads sleep rather than spin (with 2 threads on 2 cores shared with other work, 30% faster).
     """
 
     def __init__(self, path: str | Path, num_threads: int = 0) -> None:
@@ -51,6 +66,8 @@ class OnnxSliceNetwork(nn.Module):
             raise FileNotFoundError(f"ONNX model {path} not found")
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only
         self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
