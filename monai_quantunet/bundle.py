@@ -56,17 +56,18 @@ def _parser(config: str, bundle_root: str | Path | None = None):
 
 
 def bundle_settings(bundle_root: str | Path | None = None) -> dict:
-    """``spatial_size``, ``channels``, ``quantization``, bit widths, ``lambda_bits``, learning rates and the slice
-    sampler's ``tumor_fraction`` of the bundle's ``train.json`` (those it defines)."""
+    """``spatial_size``, ``context_slices`` (2.5D input: the slices each prediction sees, 1 if the bundle does not
+    define it), ``channels``, ``quantization``, bit widths, ``lambda_bits``, learning rates and the slice sampler's
+    ``tumor_fraction`` of the bundle's ``train.json`` (those it defines)."""
     p = _parser("train.json", bundle_root)
-    keys = ("spatial_size", "channels", "quantization", "bit_width", "min_bit_width", "max_bit_width",
-            "lambda_bits", "bit_reduction", "learning_rate", "bit_learning_rate", "tumor_fraction")
-    return {k: p.get_parsed_content(k) for k in keys if k in p.get()}
+    keys = ("spatial_size", "context_slices", "channels", "quantization", "bit_width", "min_bit_width",
+            "max_bit_width", "lambda_bits", "bit_reduction", "learning_rate", "bit_learning_rate", "tumor_fraction")
+    return {"context_slices": 1, **{k: p.get_parsed_content(k) for k in keys if k in p.get()}}
 
 
 def network_from_bundle(bundle_root: str | Path | None = None, **overrides) -> nn.Module:
-    """A new instance of the bundle's ``network_def`` (``inference.json``); ``overrides`` replace its arguments
-    (e.g. ``in_channels``)."""
+    """A new instance of the bundle's ``network_def`` (``inference.json``; its ``in_channels`` is the bundle's
+    ``context_slices``); ``overrides`` replace its arguments (e.g. ``in_channels``)."""
     p = _parser("inference.json", bundle_root)
     for k, v in overrides.items():
         p[f"network_def#{k}"] = v

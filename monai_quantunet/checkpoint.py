@@ -50,7 +50,7 @@ def load_checkpoint(network: nn.Module, path: str | Path, strict: bool = True,
               if k in own and v.shape != own[k].shape]
     if shapes:
         raise ValueError(f"{prefix}: {len(shapes)} shape mismatch(es), e.g. {'; '.join(shapes[:3])} "
-                         "(check the config's channels)")
+                         "(check the config's channels, and in_channels: the bundle's context_slices)")
     try:
         result = network.load_state_dict(state, strict=strict)
     except RuntimeError as e:

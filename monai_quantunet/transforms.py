@@ -2,7 +2,8 @@
 
 Volumes are 3D ``(C, X, Y, Z)`` with axial slices along Z (after ``Orientationd("RAS")``). The network sees
 2D slices resized in-plane to ``spatial_size`` and intensity-scaled per volume to [0, 1] between the 0.5th and
-99.5th percentiles (robust to the scanner's range; MRI has no absolute units).
+99.5th percentiles (robust to the scanner's range; MRI has no absolute units). With ``context_slices`` k > 1
+(2.5D), :func:`stack_context_slices` makes each slice's k neighbours its input channels.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from monai.transforms import (
 
 __all__ = [
     "CheckVolumed",
+    "check_context_slices",
+    "stack_context_slices",
     "load_transforms",
     "augment_transforms",
     "val_transforms",
@@ -78,6 +81,32 @@ class CheckVolumed(MapTransform):
                 label = label > 0
             d[self.label_key] = label.to(torch.uint8) if hasattr(label, "to") else label
         return d
+
+
+def check_context_slices(context_slices: int) -> int:
+    """``context_slices`` if it is an odd integer >= 1, else ``ValueError`` naming it."""
+    if isinstance(context_slices, bool) or not isinstance(context_slices, int) or context_slices < 1 \
+            or context_slices % 2 == 0:
+        raise ValueError(f"context_slices must be an odd integer >= 1 (the slice and as many neighbours on each side), "
+                         f"got {context_slices!r}")
+    return context_slices
+
+
+def stack_context_slices(volume: torch.Tensor, context_slices: int) -> torch.Tensor:
+    """2.5D input: ``(..., C, X, Y, Z)`` -> ``(..., C * k, X, Y, Z)``, ``k = context_slices``.
+
+    Channel ``c * k + j`` of slice ``z`` is channel ``c`` of slice ``z + j - k // 2``, the first and last slice
+    replicated beyond the volume's ends. ``k = 1`` returns ``volume`` itself. The one implementation of the
+    stacking: training slices (``SliceDataset``), the slice inferer and the export's example slices use it.
+    """
+    k = check_context_slices(context_slices)
+    if k == 1:
+        return volume
+    depth = volume.shape[-1]
+    index = (torch.arange(depth)[None] + torch.arange(k)[:, None] - k // 2).clamp(0, depth - 1)  # (k, Z)
+    stacked = volume.index_select(-1, index.flatten().to(volume.device))  # (..., C, X, Y, k * Z)
+    stacked = stacked.reshape(*volume.shape[:-1], k, depth).movedim(-2, -4)  # (..., C, k, X, Y, Z)
+    return stacked.flatten(-5, -4)
 
 
 def _case_name(img) -> str:

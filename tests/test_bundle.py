@@ -117,7 +117,8 @@ def test_bundle_copied_elsewhere_runs_inference_and_evaluation(trained, syntheti
     assert not (copy / "runs").exists()
 
 
-NETWORK_KEYS = ("channels", "quantization", "bit_width", "min_bit_width", "max_bit_width", "spatial_size")
+NETWORK_KEYS = ("channels", "quantization", "bit_width", "min_bit_width", "max_bit_width", "spatial_size",
+                "context_slices")
 
 
 @pytest.mark.parametrize("config", ["train.json", "export.json"])

@@ -35,3 +35,36 @@ def test_publish_decision():
     assert ok and reason.startswith("published")
     assert publish_decision(2, 2, 0.80, None, 0.01)[0] is False
     assert publish_decision(1, 1, 0.80, 0.79, 0.0)[0] is False
+
+
+def test_app_follows_the_bundles_context_slices(synthetic_dataset, tmp_path):
+    """A 2.5D segmentation bundle (context_slices 3) gives the app a 3-channel network, inferer and training
+    slices; the interactive model stays 2D with its 4 inputs."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from conftest import BUNDLE, TINY
+    from lib.configs.deepedit import DeepEdit
+    from lib.configs.segmentation import Segmentation
+    from monai_quantunet.data import load_datalist
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE / "configs", bundle / "configs")
+    for name in ("train.json", "inference.json"):
+        config = json.loads((bundle / "configs" / name).read_text())
+        (bundle / "configs" / name).write_text(json.dumps({**config, **TINY, "context_slices": 3}))
+    conf = {"bundle_root": str(bundle), "use_pretrained_model": "false"}
+    seg = Segmentation()
+    seg.init("segmentation", str(tmp_path / "model"), conf, None)
+    assert seg.network.in_channels == 3 and seg.infer().inferer().context_slices == 3
+    items = load_datalist(synthetic_dataset / "dataset.json", "training")
+    assert seg.infer().segment_file(items[0]["image"]).shape == (48, 48, 8)
+    trainer = seg.trainer()
+    assert trainer.val_inferer(None).context_slices == 3
+    context = SimpleNamespace(train_datalist=items[:1], train_batch_size=2)
+    assert next(iter(trainer.train_data_loader(context)))["image"].shape == (2, 3, *TINY["spatial_size"])
+
+    deepedit = DeepEdit()
+    deepedit.init("deepedit", str(tmp_path / "model"), conf, None)
+    assert deepedit.network.in_channels == 4 and deepedit.context_slices == 1

@@ -3,7 +3,8 @@
 
 The network comes from a bundle config's ``network_def`` (default: the bundle's ``configs/inference.json``),
 the example slices from the dataset's validation split (``--dataset-dir``, else the config's
-``dataset_dir``), or synthetic volumes when no datalist is found. With a FINN toolchain (``--finn`` or
+``dataset_dir``), or synthetic volumes when no datalist is found; with the config's ``context_slices`` (2.5D)
+neighbouring slices as channels. With a FINN toolchain (``--finn`` or
 ``$FINN_TOOLCHAIN``) the export also runs FINN's flow and verifies the folded hardware graph.
 """
 
@@ -84,10 +85,12 @@ def export(args: argparse.Namespace) -> int:
     network, parser = network_from_config(config_file)
     load_checkpoint(network, args.checkpoint)  # fail fast, before reading volumes
     spatial_size = parser.get_parsed_content("spatial_size") if "spatial_size" in parser.get() else (128, 128)
+    context_slices = parser.get_parsed_content("context_slices") if "context_slices" in parser.get() else 1
     dataset_dir = args.dataset_dir
     if dataset_dir is None and "dataset_dir" in parser.get():
         dataset_dir = parser.get_parsed_content("dataset_dir")
-    slices, source = example_slices(dataset_dir, spatial_size, args.num_slices, whole_volume=args.whole_volume)
+    slices, source = example_slices(dataset_dir, spatial_size, args.num_slices, whole_volume=args.whole_volume,
+                                    context_slices=context_slices)
     if "example_inputs" in parser.get():  # a network with inputs besides the image (the interactive bundle's)
         slices = parser.get_parsed_content("example_inputs")(slices)
     print(f"network from {config_file}, checkpoint {args.checkpoint}, example slices: {source}")

@@ -103,7 +103,8 @@ def export_model(
     Args:
         network: a ``QuantUNet`` in ``learned`` or ``fixed`` mode (copied to CPU; the original is untouched).
         out_dir: the folder to create. Existing: ``FileExistsError`` unless ``overwrite``.
-        example_slices: real input slices ``(N, C, H, W)``; fixes H, W of the exports, ``[:1]`` becomes FINN's
+        example_slices: real input slices ``(N, C, H, W)`` (a 2.5D network: C = its ``context_slices``, see
+            :func:`example_slices`); fix C, H, W of the exports, ``[:1]`` becomes FINN's
             ``input.npy``, all N verify QONNX and QCDQ against PyTorch.
         checkpoint: optional state_dict file loaded into ``network`` first (``ValueError`` if it does not fit).
         board / fpga_part / clk_period_ns / target_fps: FINN target, slices per second at the clock (see
@@ -238,9 +239,11 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def example_slices(dataset_dir: str | Path | None, spatial_size: Sequence[int], num_slices: int = 4,
-                   key: str = "validation", whole_volume: bool = False) -> tuple[torch.Tensor, str]:
-    """``(num_slices, 1, H, W)`` preprocessed slices with tumor from ``dataset_dir``'s ``key`` split, and a
-    description of their source.
+                   key: str = "validation", whole_volume: bool = False,
+                   context_slices: int = 1) -> tuple[torch.Tensor, str]:
+    """``(num_slices, k, H, W)`` preprocessed slices with tumor from ``dataset_dir``'s ``key`` split, and a
+    description of their source; ``k = context_slices``: each slice with its neighbours as channels (the 2.5D
+    input, ``transforms.stack_context_slices``).
 
     Uses ``val_transforms(spatial_size)`` on the datalist's volumes, taking tumor slices evenly spread
     through each volume (non-tumor slices only if too few have tumor); ``whole_volume``: every slice of the
@@ -248,23 +251,25 @@ def example_slices(dataset_dir: str | Path | None, spatial_size: Sequence[int], 
     volumes (``make_synthetic_dataset``).
     """
     from monai_quantunet.data import load_datalist, make_synthetic_dataset
-    from monai_quantunet.transforms import val_transforms
+    from monai_quantunet.transforms import check_context_slices, stack_context_slices, val_transforms
 
+    check_context_slices(context_slices)
     datalist = Path(dataset_dir) / "dataset.json" if dataset_dir else None
     if datalist is None or not datalist.is_file():
         with tempfile.TemporaryDirectory() as tmp:
             make_synthetic_dataset(tmp, num_cases=2, shape=(*spatial_size, 8), num_validation=1)
-            slices, _ = example_slices(tmp, spatial_size, num_slices, key, whole_volume)
+            slices, _ = example_slices(tmp, spatial_size, num_slices, key, whole_volume, context_slices)
         return slices, "synthetic volumes (no dataset.json found)"
     items = load_datalist(datalist, key) or load_datalist(datalist, "training")
     transform = val_transforms(spatial_size)
     if whole_volume:
-        image = transform(items[0])["image"].as_tensor()  # (1, H, W, Z)
+        image = stack_context_slices(transform(items[0])["image"].as_tensor(), context_slices)  # (k, H, W, Z)
         return image.permute(3, 0, 1, 2).contiguous(), f"all {image.shape[-1]} slices of {items[0]['image']}"
     tumor, other = [], []
     for item in items:
         case = transform(item)
-        image, label = case["image"].as_tensor(), case["label"].as_tensor()  # (1, H, W, Z)
+        image = stack_context_slices(case["image"].as_tensor(), context_slices)  # (k, H, W, Z)
+        label = case["label"].as_tensor()  # (1, H, W, Z)
         tumor_z = torch.nonzero(label.flatten(0, 2).any(0)).flatten().tolist()
         tumor += [image[..., z] for z in _spread(tumor_z, num_slices)]
         other.append(image[..., image.shape[-1] // 2])

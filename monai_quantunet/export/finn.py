@@ -84,6 +84,17 @@ def write_finn_folder(folder: str | Path, qonnx_path: str | Path, slices: np.nda
     return folder
 
 
+def _channels_note(c: int) -> str:
+    """What the README says of ``c`` input channels (``input.npy`` holds them as the network saw them)."""
+    if c == 1:
+        return ""
+    note = f"; {c} channels, the network's input channels in the order of `input.npy`"
+    if c % 2:
+        note += (f" (a 2.5D model, the bundle's `context_slices` = {c}: channel j is slice z + j - {c // 2} of the "
+                 "volume, its first and last slice replicated beyond the ends)")
+    return note
+
+
 def _readme(cfg: dict, input_shape: tuple[int, ...]) -> str:
     part = resolve_part(cfg.get("board"), cfg.get("fpga_part"))
     target = f"board `{cfg['board']}` ({part})" if cfg.get("board") else f"FPGA part `{part}`"
@@ -134,7 +145,7 @@ within it (`target_met: false` in the folding report).
 ## Output: what the host does
 
 The accelerator takes the slice as `(1, {h}, {w}, {c})` (NHWC) float32 values (the percentile-scaled image the
-network was trained on; the first layer quantizes them to 8 bits) and streams out `(1, {h}, {w}, 1)` integer
+network was trained on; the first layer quantizes them to 8 bits{_channels_note(c)}) and streams out `(1, {h}, {w}, 1)` integer
 accumulators of the 1x1 head (NHWC, datatype in `host_tail.json`). The host finishes the network exactly as
 `output/intermediate_models/dataflow_parent.onnx` does, with the constants listed in `host_tail.json`:
 

@@ -1,4 +1,5 @@
-"""Shared TaskConfig logic: network settings from the bundle's train.json, checkpoint paths from --conf."""
+"""Shared TaskConfig logic: network settings (``context_slices`` included) from the bundle's train.json, checkpoint
+paths from --conf."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ FINETUNE_LEARNING_RATE = 1e-5
 
 
 class QuantUNetTaskConfig(TaskConfig):
-    """Subclasses set ``in_channels``, ``checkpoint_conf`` (the --conf key), ``default_checkpoint``, the task
-    classes ``infer_task`` / ``train_task`` and ``train_description``."""
+    """Subclasses set ``in_channels`` (``None``: the bundle's, i.e. its ``context_slices``), ``checkpoint_conf``
+    (the --conf key), ``default_checkpoint``, the task classes ``infer_task`` / ``train_task`` and
+    ``train_description``."""
 
-    in_channels = 1
+    in_channels: int | None = None
     checkpoint_conf = "checkpoint"
     default_checkpoint = "model.pt"
     infer_task: type
@@ -41,10 +43,11 @@ class QuantUNetTaskConfig(TaskConfig):
         self.bundle_root = Path(conf.get("bundle_root") or DEFAULT_BUNDLE)
         self.settings = bundle_settings(self.bundle_root)
         self.spatial_size = tuple(int(s) for s in self.settings["spatial_size"])
+        self.context_slices = int(self.settings["context_slices"])
         self.device = conf.get("device", "cpu")
         self.preload = strtobool(conf.get("preload", "true"))
 
-        self.network = network_from_bundle(self.bundle_root, in_channels=self.in_channels)
+        self.network = self.bundle_network()
         pretrained = conf.get(self.checkpoint_conf) or str(self.bundle_root / "models" / self.default_checkpoint)
         self.pretrained_path = pretrained if strtobool(conf.get("use_pretrained_model", "true")) else None
         self.published_path = os.path.join(model_dir, f"{name}.pt")  # written by training only
@@ -59,13 +62,19 @@ class QuantUNetTaskConfig(TaskConfig):
             )
         else:
             # log a clear warning now if the file does not fit the network (it is then served with initial weights)
-            load_checkpoint_or_warn(network_from_bundle(self.bundle_root, in_channels=self.in_channels), current, name)
+            load_checkpoint_or_warn(self.bundle_network(), current, name)
+
+    def bundle_network(self):
+        """A new instance of the bundle's network (``in_channels`` replaced when the subclass sets it)."""
+        overrides = {} if self.in_channels is None else {"in_channels": self.in_channels}
+        return network_from_bundle(self.bundle_root, **overrides)
 
     def infer(self):
         return self.infer_task(
             path=self.path,
             network=self.network,
             spatial_size=self.spatial_size,
+            context_slices=self.context_slices,
             labels=self.labels,
             preload=self.preload,
             model_name=self.name,
@@ -85,10 +94,11 @@ class QuantUNetTaskConfig(TaskConfig):
         s = self.settings
         return dict(
             model_dir=os.path.join(self.model_dir, self.name),
-            network_factory=lambda: network_from_bundle(self.bundle_root, in_channels=self.in_channels),
+            network_factory=self.bundle_network,
             init_paths=self.path,
             publish_path=self.published_path,
             spatial_size=self.spatial_size,
+            context_slices=self.context_slices,
             lambda_bits=float(s["lambda_bits"]),
             bit_reduction=s["bit_reduction"],
             learning_rate=float(self.conf.get("learning_rate", FINETUNE_LEARNING_RATE)),

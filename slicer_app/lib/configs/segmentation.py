@@ -6,9 +6,10 @@ from lib.configs.common import QuantUNetTaskConfig
 
 
 class Segmentation(QuantUNetTaskConfig):
-    """Auto-segmentation: QuantU-Net (learned bit widths) on FLAIR, slice-wise over the whole volume."""
+    """Auto-segmentation: QuantU-Net (learned bit widths) on FLAIR, slice-wise over the whole volume (with the
+    bundle's ``context_slices`` neighbouring slices as input channels)."""
 
-    in_channels = 1
+    in_channels = None  # the bundle's: its context_slices
     checkpoint_conf = "checkpoint"
     default_checkpoint = "model.pt"
     infer_task = lib.infers.Segmentation

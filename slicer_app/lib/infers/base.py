@@ -27,7 +27,8 @@ class QuantUNetInferTask(BasicInferTask):
 
     * pre: ``inference_transforms`` (load, RAS, percentile scaling, in-plane resize to the network size);
       the same transform instances are reused so ``Invertd`` can undo them for every request;
-    * inferer: ``slice_inferer`` (2D network over the axial slices);
+    * inferer: ``slice_inferer`` (2D network over the axial slices, each with ``context_slices`` neighbours as
+      channels: the bundle's 2.5D setting);
     * post: ``mask_postprocessing`` (the library's one chain, as the bundle's inference and evaluation: logits
       inverted to the input's shape, orientation, spacing and origin, then ``logit > 0``), uint8.
 
@@ -35,8 +36,10 @@ class QuantUNetInferTask(BasicInferTask):
     mismatching file falls back to the initial weights with a warning instead of failing the request.
     """
 
-    def __init__(self, path, network, type, labels, dimension, description, spatial_size, model_name, **kwargs):
+    def __init__(self, path, network, type, labels, dimension, description, spatial_size, model_name,
+                 context_slices: int = 1, **kwargs):
         self.spatial_size = tuple(spatial_size)
+        self.context_slices = context_slices
         self.model_name = model_name
         self._pre = inference_transforms(self.spatial_size)
         self._lock = threading.Lock()
@@ -60,7 +63,7 @@ class QuantUNetInferTask(BasicInferTask):
 
     def inferer(self, data=None) -> Inferer:
         bs = int((data or {}).get("sw_batch_size", 32))
-        return slice_inferer(self.spatial_size, sw_batch_size=max(1, bs))
+        return slice_inferer(self.spatial_size, sw_batch_size=max(1, bs), context_slices=self.context_slices)
 
     def inverse_transforms(self, data=None):
         return None  # done in post_transforms (mask_postprocessing inverts, then thresholds)
@@ -91,7 +94,8 @@ class QuantUNetInferTask(BasicInferTask):
     def segment_file(self, image_path: str, device: str = "cpu") -> np.ndarray:
         """The mask ``(X, Y, Z)`` (bool, the file's voxel grid) of one image file through the library's chain
         (``segment_volume``): what this task answers, without writing a file (the ``deepedit`` model's start)."""
-        return segment_volume(self._get_network(device, {}), image_path, self.spatial_size)
+        return segment_volume(self._get_network(device, {}), image_path, self.spatial_size,
+                              context_slices=self.context_slices)
 
     @torch.no_grad()
     def predict_logits(self, image_path: str, device: str = "cpu", **request) -> torch.Tensor:

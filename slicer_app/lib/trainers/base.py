@@ -59,6 +59,7 @@ class QuantUNetTrainTask(BasicTrainTask):
         init_paths: Sequence[str],
         publish_path: str,
         spatial_size: Sequence[int],
+        context_slices: int = 1,
         lambda_bits: float = 0.25,
         bit_reduction: str = "mean",
         learning_rate: float = 1e-4,
@@ -75,6 +76,7 @@ class QuantUNetTrainTask(BasicTrainTask):
         self._init_paths = list(init_paths)
         self._guarded_publish_path = publish_path
         self.spatial_size = tuple(spatial_size)
+        self.context_slices = context_slices
         self.lambda_bits = lambda_bits
         self.bit_reduction = bit_reduction
         self.num_samples = num_samples
@@ -173,7 +175,7 @@ class QuantUNetTrainTask(BasicTrainTask):
         return [AsDiscreted(keys="pred", threshold=0.0)]
 
     def val_inferer(self, context: Context):
-        return slice_inferer(self.spatial_size)
+        return slice_inferer(self.spatial_size, context_slices=self.context_slices)
 
     def train_key_metric(self, context: Context):
         return {self.TRAIN_METRIC_MEAN_DICE: MeanDice(include_background=True, output_transform=from_engine(["pred", "label"]))}
