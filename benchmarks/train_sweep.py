@@ -12,6 +12,7 @@ Run names:
                                              "mean" (paper), "size_weighted" or "bops" (MAC-weighted weight x
                                              activation bits), initial width N (default 8, the paper's setting);
                                              widths are clamped to [2, N]
+    <any of these>:ctx<k>       2.5D: the slice and its neighbours as k input channels (bundle ``context_slices``)
 
 Outputs: ``--out`` holds what is not kept (checkpoints, TensorBoard, logs): ``<out>/<run>/seed<k>/``. What the
 tables are made of is kept in the repository, ``--results`` (default ``benchmarks/results/sweep``):
@@ -67,20 +68,22 @@ PRESETS = {
                   "epochs": 30, "samples_per_epoch": 640, "bit_learning_rate": None, "out": "runs/sweep",
                   "results": str(RESULTS)},
 }
-NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size")
+NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size", "context_slices")
 KEPT_FILES = ("bit_widths.json",)  # besides the evaluation's summary.json and run.json
-_RUN_RE = re.compile(r"^(float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted|bops))?(?::init(?P<init>[2-8]))?)$")
+_RUN_RE = re.compile(r"^(?P<kind>float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted|bops))?(?::init(?P<init>[2-8]))?)(?::ctx(?P<ctx>[0-9]+))?$")
 
 
 def run_overrides(name: str) -> dict:
     """Bundle overrides for a run name (see module docstring)."""
     m = _RUN_RE.match(name)
     if not m:
-        raise ValueError(f"bad run name {name!r}: use float, fixed<N> or learned@<lambda>[:mean|:size_weighted|:bops][:init<N>]")
-    if name == "float":
-        return {"quantization": "float"}
+        raise ValueError(f"bad run name {name!r}: use float, fixed<N> or learned@<lambda>[:mean|:size_weighted|:bops][:init<N>], "
+                         "then optionally :ctx<k>")
+    context = {"context_slices": int(m["ctx"])} if m["ctx"] else {}
+    if m["kind"] == "float":
+        return {"quantization": "float", **context}
     if m["bits"]:
-        return {"quantization": "fixed", "bit_width": int(m["bits"])}
+        return {"quantization": "fixed", "bit_width": int(m["bits"]), **context}
     init = int(m["init"] or 8)
     return {
         "quantization": "learned",
@@ -88,6 +91,7 @@ def run_overrides(name: str) -> dict:
         "bit_reduction": m["red"] or "mean",
         "bit_width": init,
         "max_bit_width": init,
+        **context,
     }
 
 
@@ -355,7 +359,7 @@ def plot_curves(found: dict[str, dict[int, dict]], path: Path) -> None:
     for name, seeds in found.items():
         history = next(iter(seeds.values()))["history"]
         points = [(h["epoch"], h["val_dice"]) for h in history if "val_dice" in h]
-        ax = axes[0] if name == "float" else axes[1]
+        ax = axes[0] if run_overrides(name)["quantization"] == "float" else axes[1]
         ax.plot(*zip(*points), marker=".", ms=3, lw=1, label=name)
     for ax, title in zip(axes, ("float twin from random weights", "quantized arms from the float twin")):
         ax.set_title(title, fontsize=9)

@@ -22,7 +22,7 @@ from pathlib import Path
 from cost import markdown_tables
 from machine import describe
 from results_table import PAPER, load, paired_difference, table
-from train_sweep import collect, plateau_table, seed_table, training_time_table
+from train_sweep import collect, plateau_table, run_overrides, seed_table, training_time_table
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_DOCS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs"
@@ -92,7 +92,7 @@ def sweep_block(results_dir: Path, chosen: str, images: Path) -> tuple[str, str]
         if (results_dir / name).is_file():
             shutil.copyfile(results_dir / name, images / f"sweep_{name}")
     runs = [r["run"] for seeds in found.values() for r in seeds.values()]
-    budgets = sorted({(r["run"] == "float", r["overrides"]["max_epochs"], r["overrides"]["samples_per_epoch"],
+    budgets = sorted({(run_overrides(r["run"])["quantization"] == "float", r["overrides"]["max_epochs"], r["overrides"]["samples_per_epoch"],
                        r["overrides"]["init_checkpoint"] or "random weights") for r in runs})
     settings = "; ".join(f"{'float twin' if is_float else 'quantized arms'}: {e} epochs x {n} slices from {init}"
                          for is_float, e, n, init in budgets)

@@ -23,6 +23,7 @@ def test_run_names_map_to_bundle_overrides():
         "quantization": "learned", "lambda_bits": 0.05, "bit_reduction": "size_weighted", "bit_width": 4, "max_bit_width": 4}
     assert train_sweep.run_overrides("learned@1:bops") == {  # the paper's setting: widths start at 8, clamped to [2, 8]
         "quantization": "learned", "lambda_bits": 1.0, "bit_reduction": "bops", "bit_width": 8, "max_bit_width": 8}
+    assert train_sweep.run_overrides("fixed4:ctx3") == {"quantization": "fixed", "bit_width": 4, "context_slices": 3}
     assert train_sweep.run_dir("out", "learned@0.5:init4", 2) == Path("out/learned_0.5_init4/seed2")
     with pytest.raises(ValueError, match="bad run name"):
         train_sweep.run_overrides("fixed9")
