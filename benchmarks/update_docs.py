@@ -22,7 +22,7 @@ from pathlib import Path
 from cost import markdown_tables
 from machine import describe
 from results_table import PAPER, load, paired_difference, table
-from train_sweep import collect, plateau_table, run_overrides, seed_table, training_time_table
+from train_sweep import collect, plateau_table, run_dir, run_overrides, seed_table, training_time_table
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_DOCS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs"
@@ -45,7 +45,7 @@ def findings(results: dict, chosen: str) -> list[str]:
     the chosen run against the paper's point, bits by λ."""
     out = []
     flt = results.get("float")
-    learned = {n: s for n, s in results.items() if n.startswith("learned@")}
+    learned = {n: s for n, s in results.items() if n.startswith("learned@") and ":ctx" not in n}
     fixed = {n: s for n, s in results.items() if re.fullmatch(r"fixed\d", n)}
     for name, f in sorted(fixed.items(), key=lambda item: -item[1]["bits"]["weight_memory_bytes"]):
         budget = f["bits"]["weight_memory_bytes"] * (1 + SAME_SIZE_TOLERANCE)
@@ -74,6 +74,13 @@ def findings(results: dict, chosen: str) -> list[str]:
             f"activation bits, {c['bits']['compression_vs_float32']:.1f}x smaller weights, Dice {drop:+.2f} ± {drop_se:.2f} "
             f"points vs the float run (pixel accuracy {100 * (c['accuracy']['mean'] - flt['accuracy']['mean']):+.2f} points)."
         )
+    for name, s in results.items():
+        base, _, k = name.partition(":ctx")
+        if k and base in results:
+            diff, diff_se = paired_difference(s, results[base])
+            out.append(f"2.5D at the same budget: `{name}` ({k} adjacent slices as input channels) Dice "
+                       f"{s['dice']['mean']:.4f} against `{base}`'s {results[base]['dice']['mean']:.4f} (2D), per-volume "
+                       f"difference {diff:+.2f} ± {diff_se:.2f} points.")
     lam = sorted((float(n.split("@")[1].split(":")[0]), n) for n in learned)
     if len(lam) > 1:
         out.append("Mean weight bits by λ: " + ", ".join(
@@ -91,6 +98,8 @@ def sweep_block(results_dir: Path, chosen: str, images: Path) -> tuple[str, str]
     for name in ("pareto.png", "curves.png", "widths_by_lambda.png"):
         if (results_dir / name).is_file():
             shutil.copyfile(results_dir / name, images / f"sweep_{name}")
+    if chosen in found:
+        shutil.copyfile(run_dir(results_dir, chosen, next(iter(found[chosen]))) / "overlays.png", images / "sweep_overlays.png")
     runs = [r["run"] for seeds in found.values() for r in seeds.values()]
     budgets = sorted({(run_overrides(r["run"])["quantization"] == "float", r["overrides"]["max_epochs"], r["overrides"]["samples_per_epoch"],
                        r["overrides"]["init_checkpoint"] or "random weights") for r in runs})
@@ -129,6 +138,10 @@ def sweep_block(results_dir: Path, chosen: str, images: Path) -> tuple[str, str]
         "Where the bits go: final widths of every learned run:",
         "",
         "![final widths by lambda](images/sweep_widths_by_lambda.png)",
+        *(["", f"What a radiologist would look at: `{chosen}` on the best, median and worst validation volumes, each "
+           "on its most tumor-bearing slice (FLAIR; ground truth green; prediction red, ground-truth outline in "
+           "lime), written by the bundle evaluation:", "", f"![{chosen}: best, median, worst](images/sweep_overlays.png)"]
+          if chosen in found else []),
     ])
     return docs, main
 
