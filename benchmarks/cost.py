@@ -7,8 +7,8 @@ reported per epoch of ``--samples-per-epoch`` slices and as a ratio to the float
 Inference: latency per whole volume of the float twin (PyTorch), QuantU-Net (PyTorch fake-quant) and QuantU-Net
 (QCDQ on onnxruntime).
 
-Peak memory: for each model, a fresh process builds it and runs it twice; its peak RSS above the RSS once built
-(sampled every 5 ms with psutil), in MiB.
+Peak memory: for each model, a fresh process builds it (a QAT model with its warm-up steps) and runs it twice;
+its peak RSS above the RSS before building (sampled every 5 ms with psutil), in MiB.
 
 The volume (default: the first validation case of ../shared/data/lgg_flair, 256 x 256 x N, else a synthetic
 256 x 256 x 40) is preprocessed once with ``inference_transforms(spatial_size)``; the timed part is
@@ -176,16 +176,17 @@ def _child_peak_rss(section: str, name: str, args: argparse.Namespace) -> float:
     volume, _ = load_volume(args.volume, tuple(args.spatial_size))
     with tempfile.TemporaryDirectory() as tmp:
         builders = training_builders(args, volume) if section == "training" else inference_builders(args, volume, Path(tmp))
-        fn = builders[name]()
-        with PeakRSS() as mem:
+        with PeakRSS() as mem:  # building includes a QAT model's untimed activation-statistics steps
+            fn = builders[name]()
             fn()
             fn()
     return mem.peak_mib
 
 
 def peak_rss_in_fresh_process(section: str, name: str, args: argparse.Namespace) -> float:
-    """Peak RSS (MiB) of two runs of one model in a new process, above its RSS once the model is built (a fresh
-    process, so memory freed by earlier models in this one cannot hide allocations)."""
+    """Peak RSS (MiB) of building one model (for training: with its warm-up steps) and running it twice, in a new
+    process, above the RSS before building (a fresh process, so memory freed by earlier models cannot hide
+    allocations)."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_child_peak_rss, (section, name, args))
 
