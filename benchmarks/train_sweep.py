@@ -69,7 +69,7 @@ PRESETS = {
                   "results": str(RESULTS)},
 }
 NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size", "context_slices")
-KEPT_FILES = ("bit_widths.json",)  # besides the evaluation's summary.json and run.json
+KEPT_FILES = ("eval/summary.json", "eval/overlays.png", "bit_widths.json")  # from a run's folder; run.json is written
 _RUN_RE = re.compile(r"^(?P<kind>float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted|bops))?(?::init(?P<init>[2-8]))?)(?::ctx(?P<ctx>[0-9]+))?$")
 
 
@@ -153,10 +153,8 @@ def train_and_evaluate(name: str, seed: int, args: argparse.Namespace, threads: 
     evaluate(name, seed, args, threads)
     kept = run_dir(args.results, name, seed)
     kept.mkdir(parents=True, exist_ok=True)
-    for file in ("summary.json", "overlays.png"):
-        shutil.copyfile(out / "eval" / file, kept / file)
     for file in KEPT_FILES:
-        shutil.copyfile(out / file, kept / file)
+        shutil.copyfile(out / file, kept / Path(file).name)
     record = {
         "run": name, "seed": seed, "overrides": overrides | {"dataset_dir": Path(args.dataset_dir).name,
                                                               "output_dir": "", "ckpt_dir": "",
