@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-from machine import describe, machine_info
+from machine import describe, machine_info, source_commit
 
 from paths import SHARED_LGG_FLAIR
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     _add_medians(results)
     report = {
         "machine": machine_info(),
+        "commit": source_commit(),
         "command": " ".join(["python", "benchmarks/cost.py", *(argv if argv is not None else sys.argv[1:])]),
         "volume": source,
         "network_input": list(volume.shape),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+from pathlib import Path
 
 import torch
 
@@ -32,3 +34,13 @@ def describe(info: dict) -> str:
     gpu = info["gpu"] or "no GPU"
     return (f"{info['logical_cores']} cores of {info['cpu']}, {info['memory_gib']} GiB, {gpu}, "
             f"Python {info['python']}, torch {info['torch']}")
+
+
+def source_commit() -> str | None:
+    """The repository's commit (``git describe --always --dirty``), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None

@@ -292,22 +292,33 @@ def collect(results: Path) -> dict[str, dict[int, dict]]:
 
 
 def plateau(history: list[dict]) -> dict:
-    """Validation Dice over the last quarter of the epochs: range and least-squares slope, in Dice points."""
+    """Validation Dice over the epochs, in Dice points: the best epoch (which selects the kept checkpoint), the
+    last epoch (chosen by nothing: free of that selection), and the range and least-squares slope over the last
+    quarter."""
     points = [(h["epoch"], 100 * h["val_dice"]) for h in history if "val_dice" in h]
-    last = [(e, d) for e, d in points if e > 0.75 * points[-1][0]] if points else []
-    if len(last) < 2:
-        return {"epochs": points[-1][0] if points else 0, "last_quarter_range": float("nan"), "last_quarter_slope": float("nan")}
-    mean_e, mean_d = statistics.fmean(e for e, _ in last), statistics.fmean(d for _, d in last)
-    slope = sum((e - mean_e) * (d - mean_d) for e, d in last) / sum((e - mean_e) ** 2 for e, _ in last)
-    return {"epochs": points[-1][0], "last_quarter_range": max(d for _, d in last) - min(d for _, d in last),
-            "last_quarter_slope": slope}
+    if not points:
+        return {"epochs": 0, "best_epoch": 0, "best_dice": float("nan"), "final_dice": float("nan"),
+                "last_quarter_range": float("nan"), "last_quarter_slope": float("nan")}
+    best_epoch, best_dice = max(points, key=lambda p: p[1])
+    summary = {"epochs": points[-1][0], "best_epoch": best_epoch, "best_dice": best_dice, "final_dice": points[-1][1],
+               "last_quarter_range": float("nan"), "last_quarter_slope": float("nan")}
+    last = [(e, d) for e, d in points if e > 0.75 * points[-1][0]]
+    if len(last) >= 2:
+        mean_e, mean_d = statistics.fmean(e for e, _ in last), statistics.fmean(d for _, d in last)
+        summary["last_quarter_slope"] = (sum((e - mean_e) * (d - mean_d) for e, d in last)
+                                         / sum((e - mean_e) ** 2 for e, _ in last))
+        summary["last_quarter_range"] = max(d for _, d in last) - min(d for _, d in last)
+    return summary
 
 
 def plateau_table(plateaus: dict[str, dict]) -> str:
     """Markdown table of :func:`plateau` by run."""
-    return "\n".join(["| run | epochs | validation Dice range over the last quarter, points | slope, points / epoch |",
-                      "| --- | --- | --- | --- |"] + [
-        f"| {n} | {p['epochs']} | {p['last_quarter_range']:.2f} | {p['last_quarter_slope']:+.3f} |" for n, p in plateaus.items()])
+    return "\n".join([
+        "| run | epochs | best epoch: Dice | last epoch: Dice | range over the last quarter, points | slope, points / epoch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |"] + [
+        f"| {n} | {p['epochs']} | {p['best_epoch']}: {p['best_dice']:.2f} | {p['final_dice']:.2f} | "
+        f"{p['last_quarter_range']:.2f} | {p['last_quarter_slope']:+.3f} |"
+        for n, p in plateaus.items()])
 
 
 def seed_table(found: dict[str, dict[int, dict]]) -> tuple[str, dict]:

@@ -146,17 +146,23 @@ def sweep_block(results_dir: Path, chosen: str, images: Path) -> tuple[str, str]
     return docs, main
 
 
-def cost_block(cost: dict) -> str:
-    """Machine, command and the tables of a cost.py report."""
-    header = (f"Machine: {describe(cost['machine'])}; {cost['threads']} threads; channels {cost['channels']}; "
-              f"volume {cost['volume']}; weights: {cost['weights']['quant']} (QuantU-Net), {cost['weights']['float']} (float).")
-    return "\n".join([header, "", f"```bash\n{cost['command']}\n```", "", markdown_tables(cost)])
+def cost_block(costs: list[dict]) -> str:
+    """Per cost.py report (one per machine): machine, code commit, command and its tables."""
+    sections = []
+    for cost in costs:
+        commit = f" at commit {cost['commit']}" if cost.get("commit") else ""
+        header = (f"**{describe(cost['machine'])}**{commit}; {cost['threads']} threads; channels {cost['channels']}; "
+                  f"volume {cost['volume']}; weights: {cost['weights']['quant']} (QuantU-Net), "
+                  f"{cost['weights']['float']} (float).")
+        sections.append("\n".join([header, "", f"```bash\n{cost['command']}\n```", "", markdown_tables(cost)]))
+    return "\n\n".join(sections)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", default=None, help="train_sweep.py results folder (e.g. benchmarks/results/sweep)")
-    parser.add_argument("--cost", default=None, help="cost.py JSON report (e.g. benchmarks/results/cost.json)")
+    parser.add_argument("--cost", nargs="+", default=None, metavar="COST_JSON",
+                        help="cost.py JSON reports, one per machine (e.g. benchmarks/results/cost*.json)")
     parser.add_argument("--shipped", nargs="+", default=None, metavar="NAME=SUMMARY_JSON",
                         help="evaluations of the shipped models (bundle evaluate.json's summary.json), in table order")
     parser.add_argument("--chosen", default="learned@0.25:init4", help="learned run whose widths are shown")
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep:
         docs_blocks["sweep"], readme_blocks["sweep"] = sweep_block(Path(args.sweep), args.chosen, docs_dir / "images")
     if args.cost:
-        docs_blocks["cost"] = cost_block(json.loads(Path(args.cost).read_text()))
+        docs_blocks["cost"] = cost_block([json.loads(Path(path).read_text()) for path in args.cost])
     if args.shipped:
         docs_blocks["shipped"] = readme_blocks["shipped"] = table([load(spec) for spec in args.shipped])
     if not docs_blocks:

@@ -53,10 +53,11 @@ def test_epoch_seconds_subtracts_validation(tmp_path):
     assert train_sweep.epoch_seconds(log) == [70.5, 70.0]
 
 
-def test_plateau_measures_the_last_quarter():
+def test_plateau_measures_the_last_quarter_and_the_best_and_last_epochs():
     history = [{"epoch": e, "val_dice": 0.5 + 0.01 * min(e, 6)} for e in range(2, 17, 2)]  # flat from epoch 6
     p = train_sweep.plateau(history)
-    assert p == {"epochs": 16, "last_quarter_range": 0.0, "last_quarter_slope": 0.0}
+    assert p == {"epochs": 16, "best_epoch": 6, "best_dice": pytest.approx(56.0), "final_dice": pytest.approx(56.0),
+                 "last_quarter_range": 0.0, "last_quarter_slope": 0.0}
     rising = train_sweep.plateau([{"epoch": e, "val_dice": 0.01 * e} for e in range(1, 9)])
     assert rising["last_quarter_slope"] == pytest.approx(1.0) and rising["last_quarter_range"] == pytest.approx(1.0)
 
