@@ -83,8 +83,8 @@ def findings(results: dict, chosen: str) -> list[str]:
                        f"difference {diff:+.2f} ± {diff_se:.2f} points.")
     lam = sorted((float(n.split("@")[1].split(":")[0]), n) for n in learned)
     if len(lam) > 1:
-        out.append("Mean weight bits by λ: " + ", ".join(
-            f"{v:g} → {learned[n]['bits']['mean_weight_bits']:.2f} (Dice {learned[n]['dice']['mean']:.3f})" for v, n in lam) + ".")
+        out.append("Mean weight bits by λ (at the best validation epoch): " + ", ".join(
+            f"`{n}` → {learned[n]['bits']['mean_weight_bits']:.2f} (Dice {learned[n]['dice']['mean']:.3f})" for _, n in lam) + ".")
     return out
 
 
