@@ -1,11 +1,12 @@
 """Write the benchmark results into the README and the bundle docs (the numbers are never typed by hand).
 
-Reads a ``train_sweep.py`` results folder, a ``cost.py`` JSON and the evaluations of the shipped models, rewrites
-the blocks between ``<!-- BEGIN generated: NAME ... -->`` and ``<!-- END generated: NAME -->`` markers, and copies
-the figures to the bundle's ``docs/images``:
+Reads a ``train_sweep.py`` results folder, ``cost.py`` JSONs (one per machine) and the evaluations of the shipped
+models, rewrites the blocks between ``<!-- BEGIN generated: NAME ... -->`` and ``<!-- END generated: NAME -->``
+markers, and copies the figures to the bundle's ``docs/images``:
 
-    python benchmarks/update_docs.py --sweep benchmarks/results/sweep --cost benchmarks/results/cost.json \
-        --shipped float=benchmarks/results/shipped/float/summary.json "fixed4=..." "shipped model=..."
+    python benchmarks/update_docs.py --sweep benchmarks/results/sweep \
+        --cost benchmarks/results/cost.json benchmarks/results/cost_amd_epyc.json \
+        --chosen "learned@0.25:init4" --shipped "float=benchmarks/results/sweep/float/seed0/summary.json" ...
 
 Each of ``--sweep``, ``--cost``, ``--shipped`` rewrites only its own blocks.
 """
