@@ -3,6 +3,9 @@
 Training: seconds per training step (forward, BCE + Dice + λ·bits loss, backward, Adam step; batch of real
 slices at the network's input size) for the float twin, fixed 4-bit and learned widths, interleaved, median;
 reported per epoch of ``--samples-per-epoch`` slices and as a ratio to the float twin, with peak memory.
+Beside it the bundle's training input pipeline alone (``SliceDataset`` of ``--data-volumes`` training volumes,
+2D augmentation, the bundle's sampler and ``num_workers=0``): seconds per batch, slices/s, and its share of a
+float twin step, so an epoch's data cost is seen next to its network cost.
 
 Inference: latency per whole volume of the float twin (PyTorch), QuantU-Net (PyTorch fake-quant) and QuantU-Net
 (QCDQ on onnxruntime).
@@ -40,13 +43,14 @@ import torch
 from machine import describe, machine_info, source_commit
 
 from paths import SHARED_LGG_FLAIR
+from monai_quantunet.data import SliceDataset, load_datalist, make_synthetic_dataset
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
 from monai_quantunet.inference import predict_volume
 from monai_quantunet.losses import QuantUNetLoss
 from monai_quantunet.networks import FloatUNet, QuantUNet
 from monai_quantunet.networks.quantunet import ACT_STATS_STEPS
 from monai_quantunet.training import make_optimizer
-from monai_quantunet.transforms import inference_transforms
+from monai_quantunet.transforms import augment_transforms, inference_transforms, val_transforms
 
 class PeakRSS:
     """Context manager sampling this process's RSS in a thread; ``peak_mib``: peak above the starting RSS."""
@@ -143,6 +147,31 @@ def training_builders(args: argparse.Namespace, volume: torch.Tensor) -> dict[st
             for name, make in networks.items()}
 
 
+def time_data_pipeline(args: argparse.Namespace, tmp: Path) -> dict:
+    """Seconds to draw each of ``args.train_repeats`` batches of ``args.train_batch`` augmented slices from the
+    bundle's training pipeline (first ``args.data_volumes`` training volumes of ../shared/data/lgg_flair, else
+    generated volumes), after one untimed batch; the volumes are loaded and resized once, before timing, as the
+    bundle's ``SliceDataset`` does at start-up."""
+    datalist = SHARED_LGG_FLAIR / "dataset.json"
+    if not datalist.is_file():
+        datalist = make_synthetic_dataset(tmp / "synthetic", num_cases=args.data_volumes, shape=(256, 256, 20))
+    data = load_datalist(datalist, "training", datalist.parent)[: args.data_volumes]
+    dataset = SliceDataset(data, val_transforms(args.spatial_size), augment_transforms())
+    sampler = dataset.sampler(args.train_batch * (args.train_repeats + 1), tumor_fraction=0.67, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch, sampler=sampler, num_workers=0,
+                                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+    batches = iter(loader)
+    next(batches)
+    seconds = []
+    for _ in range(args.train_repeats):
+        t0 = time.perf_counter()
+        next(batches)
+        seconds.append(time.perf_counter() - t0)
+    median = statistics.median(seconds)
+    return {"volumes": len(data), "slices": len(dataset), "seconds": seconds, "median_s": median,
+            "slices_per_second": args.train_batch / median}
+
+
 def inference_builders(args: argparse.Namespace, volume: torch.Tensor, tmp: Path) -> dict[str, Callable[[], Callable]]:
     """Per backend, a builder of its whole-volume inference (checkpoints from ``args``; QCDQ exported to ``tmp``)."""
     from monai_quantunet.checkpoint import load_checkpoint
@@ -202,6 +231,11 @@ def markdown_tables(report: dict) -> str:
                   "| --- | ---: | ---: | ---: |"]
         lines += [f"| {n} | {r['seconds_per_epoch']:.1f} | {r['ratio_to_float']:.2f} | {r['peak_rss_mib']:.0f} |"
                   for n, r in t["models"].items()]
+        if "data_pipeline" in t:
+            d = t["data_pipeline"]
+            lines += ["", f"Input pipeline alone (the bundle's `SliceDataset` of {d['volumes']} volumes, augmentation, "
+                      f"`num_workers=0`): {d['median_s']:.3f} s per batch of {t['batch']} ({d['slices_per_second']:.0f} "
+                      f"slices/s), {d['ratio_to_float_step']:.2f}x a float twin step."]
         lines.append("")
     lines += [f"Inference, whole volume (median of {report['repeats']}):", "",
               "| backend | s / volume | x float twin | peak RSS MiB |", "| --- | ---: | ---: | ---: |"]
@@ -233,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-batch", type=int, default=16, help="slices per training step")
     parser.add_argument("--train-repeats", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--samples-per-epoch", type=int, default=640, help="slices per epoch (bundle default)")
+    parser.add_argument("--data-volumes", type=int, default=8, help="training volumes in the input-pipeline timing")
     parser.add_argument("--skip-training", action="store_true", help="time inference only")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -245,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_training:
             trainers = {name: build() for name, build in training_builders(args, volume).items()}
             training = time_backends(trainers, args.train_repeats)
+            data_pipeline = time_data_pipeline(args, Path(tmp))
         backends = {name: build() for name, build in inference_builders(args, volume, Path(tmp)).items()}
         results = time_backends(backends, args.repeats)
         # sanity: QCDQ logits and masks against the fake-quant model's on the whole volume
@@ -273,8 +309,9 @@ def main(argv: list[str] | None = None) -> dict:
         steps_per_epoch = math.ceil(args.samples_per_epoch / args.train_batch)
         for r in training.values():
             r["seconds_per_epoch"] = r["median_s"] * steps_per_epoch
+        data_pipeline["ratio_to_float_step"] = data_pipeline["median_s"] / training["float twin"]["median_s"]
         report["training"] = {"batch": args.train_batch, "repeats": args.train_repeats,
-                              "steps_per_epoch": steps_per_epoch, "models": training}
+                              "steps_per_epoch": steps_per_epoch, "models": training, "data_pipeline": data_pipeline}
     print(describe(report["machine"]))
     print(f"volume {source}, network input {tuple(volume.shape)}, channels {args.channels}, {args.threads} threads\n")
     print(markdown_tables(report))

@@ -119,11 +119,14 @@ def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
     cost_json = tmp_path / "cost.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "cost.py"), "--volume", str(synthetic_dataset / image),
                     "--channels", "4", "8", "16", "32", "64", "--spatial-size", "32", "32", "--repeats", "1",
-                    "--train-repeats", "1", "--threads", "1", "--out", str(cost_json)], check=True, cwd=REPO,
+                    "--train-repeats", "1", "--data-volumes", "2", "--threads", "1", "--out", str(cost_json)],
+                   check=True, cwd=REPO,
                    capture_output=True, text=True)
     cost = json.loads(cost_json.read_text())
     assert set(cost["training"]["models"]) == {"float twin", "QuantU-Net fixed 4-bit", "QuantU-Net learned widths"}
     assert cost["inference"]["float twin (PyTorch)"]["ratio_to_float"] == 1.0
+    pipeline = cost["training"]["data_pipeline"]
+    assert pipeline["volumes"] == 2 and len(pipeline["seconds"]) == 1 and pipeline["slices_per_second"] > 0
     assert cost["qcdq_vs_fake_quant"]["mask_agreement"] > 0.99
 
     docs = tmp_path / "docs"
