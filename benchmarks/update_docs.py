@@ -4,9 +4,10 @@ Reads a ``train_sweep.py`` results folder, ``cost.py`` JSONs (one per machine) a
 models, rewrites the blocks between ``<!-- BEGIN generated: NAME ... -->`` and ``<!-- END generated: NAME -->``
 markers, and copies the figures to the bundle's ``docs/images``:
 
-    python benchmarks/update_docs.py --sweep benchmarks/results/sweep \
-        --cost benchmarks/results/cost.json benchmarks/results/cost_amd_epyc.json \
-        --chosen "learned@0.25:init4" --shipped "float=benchmarks/results/sweep/float/seed0/summary.json" ...
+    python benchmarks/update_docs.py --sweep benchmarks/results/sweep --cost benchmarks/results/cost*.json \
+        --chosen "learned@0.25:init4" --shipped "float=benchmarks/results/sweep/float/seed0/summary.json" \
+        "fixed 4-bit=benchmarks/results/sweep/fixed4/seed0/summary.json" \
+        "shipped: learned (λ=0.25, from 4 bits)=benchmarks/results/sweep/learned_0.25_init4/seed0/summary.json"
 
 Each of ``--sweep``, ``--cost``, ``--shipped`` rewrites only its own blocks.
 """
