@@ -179,6 +179,7 @@ def inference_builders(args: argparse.Namespace, volume: torch.Tensor, tmp: Path
     size = tuple(args.spatial_size)
 
     def network(cls: type, checkpoint: str | None) -> torch.nn.Module:
+        torch.manual_seed(0)  # without a checkpoint, the QCDQ export and the fake-quant backend share random weights
         net = cls(1, 1, args.channels).eval()
         if checkpoint:
             load_checkpoint(net, checkpoint)

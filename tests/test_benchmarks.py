@@ -127,7 +127,9 @@ def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
     assert cost["inference"]["float twin (PyTorch)"]["ratio_to_float"] == 1.0
     pipeline = cost["training"]["data_pipeline"]
     assert pipeline["volumes"] == 2 and len(pipeline["seconds"]) == 1 and pipeline["slices_per_second"] > 0
-    assert cost["qcdq_vs_fake_quant"]["mask_agreement"] > 0.99
+    # randomly initialised: logits of ~1e-3 with many near 0, so a mask can flip on a 1e-10 difference; compare logits
+    check = cost["qcdq_vs_fake_quant"]
+    assert check["max_abs_logit_diff"] <= 1e-4 * check["max_abs_logit"]
 
     docs = tmp_path / "docs"
     shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs", docs)
