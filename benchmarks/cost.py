@@ -42,7 +42,8 @@ import psutil
 import torch
 from machine import describe, machine_info, source_commit
 
-from paths import SHARED_LGG_FLAIR
+from paths import SEG_BUNDLE, SHARED_LGG_FLAIR
+from monai_quantunet.bundle import bundle_settings
 from monai_quantunet.data import SliceDataset, load_datalist, make_synthetic_dataset
 from monai_quantunet.export.qcdq import export_qcdq_model, onnx_network
 from monai_quantunet.inference import predict_volume
@@ -157,7 +158,8 @@ def time_data_pipeline(args: argparse.Namespace, tmp: Path) -> dict:
         datalist = make_synthetic_dataset(tmp / "synthetic", num_cases=args.data_volumes, shape=(256, 256, 20))
     data = load_datalist(datalist, "training", datalist.parent)[: args.data_volumes]
     dataset = SliceDataset(data, val_transforms(args.spatial_size), augment_transforms())
-    sampler = dataset.sampler(args.train_batch * (args.train_repeats + 1), tumor_fraction=0.67, seed=0)
+    tumor_fraction = bundle_settings(SEG_BUNDLE)["tumor_fraction"]
+    sampler = dataset.sampler(args.train_batch * (args.train_repeats + 1), tumor_fraction=tumor_fraction, seed=0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch, sampler=sampler, num_workers=0,
                                          generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
     batches = iter(loader)
