@@ -155,7 +155,8 @@ def time_data_pipeline(args: argparse.Namespace, tmp: Path) -> dict:
     bundle's ``SliceDataset`` does at start-up."""
     datalist = SHARED_LGG_FLAIR / "dataset.json"
     if not datalist.is_file():
-        datalist = make_synthetic_dataset(tmp / "synthetic", num_cases=args.data_volumes, shape=(256, 256, 20))
+        datalist = make_synthetic_dataset(tmp / "synthetic", num_cases=args.data_volumes + 1, shape=(256, 256, 20),
+                                          num_validation=1)  # every case but one for training
     data = load_datalist(datalist, "training", datalist.parent)[: args.data_volumes]
     dataset = SliceDataset(data, val_transforms(args.spatial_size), augment_transforms())
     tumor_fraction = bundle_settings(SEG_BUNDLE)["tumor_fraction"]
