@@ -12,6 +12,8 @@ Run names:
                                              "mean" (paper), "size_weighted" or "bops" (MAC-weighted weight x
                                              activation bits), initial width N (default 8, the paper's setting);
                                              widths are clamped to [2, N]
+    <quantized run>:kd          distillation from the float twin the run starts from (its logits on the same
+                                augmented slices; bundle ``distill_weight`` 1, ``teacher_checkpoint``)
     <any of these>:ctx<k>       2.5D: the slice and its neighbours as k input channels (bundle ``context_slices``)
 
 Outputs: ``--out`` holds what is not kept (checkpoints, TensorBoard, logs): ``<out>/<run>/seed<k>/``. What the
@@ -32,6 +34,20 @@ The experiment of the bundle docs (see ``benchmarks/results/sweep/README.md`` fo
 float twin to its plateau first, then the arms from it, then the seeds of the key comparison):
 
     python benchmarks/train_sweep.py --preset converged
+
+Patient-level cross-validation (``--preset cv``: 5 folds over all 90 patients, fold 0 = the datalist's validation
+split, the others a seeded partition of its training split, saved in ``folds.json``). Per fold, in order, every arm
+trains on the other folds for a fixed schedule and is validated once, at its last epoch, so no checkpoint is chosen
+on the patients that score it; the float twin first (from random weights), then the quantized arms from it. Each
+held-out patient is scored at its own resolution on its original volume and on a skull-stripped copy
+(``monai_quantunet.data.make_skull_stripped_dataset``, made once under ``--out``), with and without flip
+test-time augmentation and at every logit threshold of ``THRESHOLDS`` (the threshold calibrated on the other folds'
+patients is applied to each fold). ``<results>/<run>/fold<k>/`` keeps ``cases.json`` (voxel counts per patient),
+``bit_widths.json`` and ``run.json``; ``results.json``, ``results.md`` and ``cv.png`` hold the out-of-fold table
+(mean ± s.e. over patients, paired differences to fixed 4-bit), refreshed after every fold. ``--baselines``
+evaluates existing checkpoints (the shipped models) on fold 0 beside the new models of fold 0:
+
+    python benchmarks/train_sweep.py --preset cv --baselines "shipped learned=learned@0.25:init4=<bundle>/models/model.pt"
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -48,10 +65,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from machine import machine_info
 from results_table import load, paired_difference, pareto_png, table
 
 from paths import SHARED_LGG_FLAIR
+
+from monai_quantunet.data import load_datalist, make_skull_stripped_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
@@ -67,10 +87,17 @@ PRESETS = {
                            "learned@0.1", "learned@1.0:bops", "fixed8", "fixed2"],
                   "epochs": 30, "samples_per_epoch": 640, "bit_learning_rate": None, "out": "runs/sweep",
                   "results": str(RESULTS)},
+    # patient-level 5-fold cross-validation: per fold the float twin from random weights, then fixed 4-bit and
+    # learned widths (capped at 4, distilled from the fold's float twin) from it; short fixed schedules (about
+    # 2.5 h on one shared CPU core), bit learning rate raised so widths can travel ~2 bits in 160 steps
+    "cv": {"runs": ["float", "fixed4", "learned@0.125:init4:kd"], "folds": 5, "float_epochs": 16, "epochs": 8,
+           "samples_per_epoch": 320, "bit_learning_rate": 0.03, "out": "runs/sweep_cv",
+           "results": str(RESULTS.with_name("sweep_cv"))},
 }
-NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size", "context_slices")
+NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size", "context_slices")  # network_def arguments first
+DISTILL_WEIGHT = 1.0  # ":kd" runs: BCE against the float twin's probabilities, weighted as the BCE against the label
 KEPT_FILES = ("eval/summary.json", "eval/overlays.png", "bit_widths.json")  # from a run's folder; run.json is written
-_RUN_RE = re.compile(r"^(?P<kind>float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted|bops))?(?::init(?P<init>[2-8]))?)(?::ctx(?P<ctx>[0-9]+))?$")
+_RUN_RE = re.compile(r"^(?P<kind>float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted|bops))?(?::init(?P<init>[2-8]))?)(?P<kd>:kd)?(?::ctx(?P<ctx>[0-9]+))?$")
 
 
 def run_overrides(name: str) -> dict:
@@ -78,10 +105,13 @@ def run_overrides(name: str) -> dict:
     m = _RUN_RE.match(name)
     if not m:
         raise ValueError(f"bad run name {name!r}: use float, fixed<N> or learned@<lambda>[:mean|:size_weighted|:bops][:init<N>], "
-                         "then optionally :ctx<k>")
+                         "then optionally :kd, then optionally :ctx<k>")
     context = {"context_slices": int(m["ctx"])} if m["ctx"] else {}
     if m["kind"] == "float":
+        if m["kd"]:
+            raise ValueError(f"bad run name {name!r}: the float twin is the teacher, it is not distilled")
         return {"quantization": "float", **context}
+    context |= {"distill_weight": DISTILL_WEIGHT} if m["kd"] else {}
     if m["bits"]:
         return {"quantization": "fixed", "bit_width": int(m["bits"]), **context}
     init = int(m["init"] or 8)
@@ -101,7 +131,9 @@ def run_dir(out: str | Path, name: str, seed: int | None = None) -> Path:
     return folder if seed is None else folder / f"seed{seed}"
 
 
-def _overrides(name: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
+def _overrides(name: str, seed: int, args: argparse.Namespace, out: Path, **extra) -> dict:
+    """Bundle overrides of one run; ``extra`` replaces any of them. A distilled run's teacher is the checkpoint it
+    starts from (the float twin)."""
     overrides = {
         **run_overrides(name),
         "dataset_dir": str(Path(args.dataset_dir).resolve()),
@@ -121,6 +153,9 @@ def _overrides(name: str, seed: int, args: argparse.Namespace, out: Path) -> dic
     for item in args.set:
         key, value = item.split("=", 1)
         overrides[key] = json.loads(value)
+    overrides.update(extra)
+    if overrides.get("distill_weight"):
+        overrides["teacher_checkpoint"] = overrides["init_checkpoint"]
     return overrides
 
 
@@ -190,14 +225,24 @@ def main() -> None:
     parser.add_argument("--results", help="kept results (summary.json, bit_widths.json, run.json per run and seed)")
     parser.add_argument("--force", action="store_true", help="run again (run, seed) pairs that have results")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from --results")
+    parser.add_argument("--folds", type=int,
+                        help="patient-level K-fold cross-validation over every case of the datalist (0: its split)")
+    parser.add_argument("--float-epochs", type=int, help="with --folds: epochs of the float twin")
+    parser.add_argument("--baselines", nargs="*", default=[], metavar="LABEL=RUN=CHECKPOINT",
+                        help="with --folds: checkpoints evaluated on fold 0 (the validation split) beside the new models")
     args = parser.parse_args()
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.folds = args.folds or 0
     for name in args.runs:
         run_overrides(name)  # validate names before starting anything
     if args.report_only:
-        report(Path(args.results))
+        (cv_report if args.folds else report)(Path(args.results))
+        return
+    if args.folds:
+        torch.set_num_threads(args.threads or 1)
+        cross_validate(args)
         return
     if not (Path(args.dataset_dir) / "dataset.json").is_file():
         parser.error(f"{args.dataset_dir}: no dataset.json (give --dataset-dir; see `python -m monai_quantunet prepare-lgg`)")
@@ -407,6 +452,279 @@ def report(results: Path) -> None:
                if run_overrides(name)["quantization"] == "learned"}
     if learned:
         plot_widths_by_lambda(learned, results / "widths_by_lambda.png")
+
+
+# ---- patient-level cross-validation (--folds K) ----
+
+THRESHOLDS = [round(-4 + 0.5 * i, 1) for i in range(17)]  # logit thresholds counted per case (calibration)
+IMAGE_SETS = ("original", "skull_stripped")
+
+
+def case_name(entry: dict) -> str:
+    """Case of a datalist entry: the image's file name without its extension."""
+    return Path(entry["image"]).name.split(".")[0]
+
+
+def cv_folds(dataset_dir: Path, k: int, seed: int = 0) -> list[list[str]]:
+    """Patient-level folds over every case of ``dataset_dir/dataset.json``, deterministic: fold 0 is the
+    datalist's validation split (its models are trained on the training split alone, like the shipped models),
+    the training cases are shuffled with ``seed`` and dealt round-robin into folds 1..k-1."""
+    datalist = json.loads((dataset_dir / "dataset.json").read_text())
+    train = sorted(case_name(e) for e in datalist["training"])
+    random.Random(seed).shuffle(train)
+    return [sorted(case_name(e) for e in datalist["validation"])] + [sorted(train[i::k - 1]) for i in range(k - 1)]
+
+
+def fold_datalist(dataset_dir: Path, held_out: list[str], path: Path) -> Path:
+    """Write a datalist (paths relative to ``dataset_dir``) whose validation key is ``held_out``, training the rest."""
+    datalist = json.loads((dataset_dir / "dataset.json").read_text())
+    entries = {case_name(e): e for key in ("training", "validation") for e in datalist[key]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"training": [e for c, e in sorted(entries.items()) if c not in held_out],
+                                "validation": [entries[c] for c in held_out]}, indent=1))
+    return path
+
+
+def _dice(pred: float, inter: float, label: float) -> float:
+    return 1.0 if pred + label == 0 else 2 * inter / (pred + label)
+
+
+@torch.no_grad()
+def evaluate_cases(overrides: dict, checkpoint: Path, cases: list[str], roots: dict[str, Path]) -> dict:
+    """The bundle's segmentation chain on ``cases`` of each image set (``roots``: set -> dataset folder), at the
+    volumes' own resolution: per case and set, label voxels and, for every logit threshold of ``THRESHOLDS``,
+    predicted and overlapping voxels, without (``plain``) and with flip test-time augmentation (``flip``: mean of
+    the logits of the volume and of its left-right mirror). ``overrides``: the run's bundle overrides (network and
+    ``spatial_size``; 2D networks only). Returns ``{"cases": [...], "bits": totals}``."""
+    from monai.transforms import Compose
+
+    from monai_quantunet.bitwidth import bit_width_report
+    from monai_quantunet.bundle import network_from_bundle
+    from monai_quantunet.checkpoint import load_checkpoint
+    from monai_quantunet.inference import mask_postprocessing, predict_volume
+    from monai_quantunet.transforms import DEFAULT_SPATIAL_SIZE, evaluation_transforms
+
+    if overrides.get("context_slices", 1) != 1:
+        raise ValueError("cross-validation evaluates 2D networks (context_slices 1)")
+    network = network_from_bundle(BUNDLE, **{k: overrides[k] for k in NETWORK_KEYS[:5] if k in overrides})
+    load_checkpoint(network, checkpoint).eval()
+    spatial_size = overrides.get("spatial_size", DEFAULT_SPATIAL_SIZE)
+    preprocessing = evaluation_transforms(spatial_size)
+    invert = Compose(mask_postprocessing(preprocessing, "label").transforms[:-1])  # the chain without its threshold
+    thresholds = torch.tensor(THRESHOLDS)[:, None]
+    out = {c: {"case": c} for c in cases}
+    for image_set, root in roots.items():
+        entries = {case_name(e): e for e in load_datalist(root / "dataset.json", "training")
+                   + load_datalist(root / "dataset.json", "validation")}
+        for case in cases:
+            d = preprocessing(dict(entries[case]))
+            logits = predict_volume(network, d["image"][None], spatial_size)
+            mirrored = predict_volume(network, d["image"][None].flip(2), spatial_size).flip(2)
+            record = {}
+            for tta, pred in (("plain", logits), ("flip", (logits + mirrored) / 2)):
+                inverted = invert({**d, "pred": pred[0]})
+                p, label = inverted["pred"][0].flatten(), inverted["label"][0].flatten() > 0
+                above = p[None] > thresholds  # (thresholds, voxels)
+                record[tta] = {"pred": above.sum(1).tolist(), "inter": (above & label).sum(1).tolist()}
+            out[case][image_set] = {"label": int(label.sum()), **record}
+    return {"cases": list(out.values()), "bits": bit_width_report(network).totals()}
+
+
+def cv_train_and_evaluate(name: str, fold: int, folds: list[list[str]], roots: dict[str, Path],
+                          args: argparse.Namespace) -> None:
+    """Train one arm on every fold but ``fold`` for a fixed schedule (validated once, at its last epoch: no
+    checkpoint is chosen on the held-out patients), then evaluate it on them; quantized arms start from (and
+    ``:kd`` arms distil from) the same fold's float twin."""
+    out = (run_dir(args.out, name) / f"fold{fold}").resolve()
+    kept = run_dir(args.results, name) / f"fold{fold}"
+    epochs = args.float_epochs if run_overrides(name)["quantization"] == "float" else args.epochs
+    float_twin = run_dir(args.out, "float").resolve() / f"fold{fold}" / "model.pt"
+    datalist = fold_datalist(Path(args.dataset_dir), folds[fold], out / "dataset.json")
+    overrides = _overrides(name, args.seeds[0], args, out, datalist=str(datalist), max_epochs=epochs, val_interval=epochs,
+                           init_checkpoint="" if run_overrides(name)["quantization"] == "float" else str(float_twin))
+    print(f"start {name} fold {fold}", flush=True)
+    start = time.time()
+    if not (out / "model.pt").is_file():
+        _run_logged(_command("training", str(TRAIN_CONFIG), overrides), out / "train.log", args.threads or 1)
+    wall = time.time() - start
+    start = time.time()
+    evaluation = evaluate_cases(overrides, out / "model.pt", folds[fold], roots)
+    kept.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "bit_widths.json", kept / "bit_widths.json")
+    (kept / "cases.json").write_text(json.dumps(evaluation))
+    record = {"run": name, "fold": fold, "overrides": overrides | {
+                  "dataset_dir": Path(args.dataset_dir).name, "output_dir": "", "ckpt_dir": "", "datalist": "",
+                  "init_checkpoint": "float/fold%d" % fold if overrides["init_checkpoint"] else "",
+                  **({"teacher_checkpoint": "float/fold%d" % fold} if "teacher_checkpoint" in overrides else {})},
+              "command": " ".join(["python", "benchmarks/train_sweep.py", *sys.argv[1:]]),
+              "wall_seconds": wall, "evaluation_seconds": time.time() - start,
+              "epoch_seconds": epoch_seconds(out / "train.log"), "machine": machine_info()}
+    (kept / "run.json").write_text(json.dumps(record, indent=1))
+    dice = statistics.fmean(_case_metrics(c)["dice"] for c in evaluation["cases"])
+    print(f"done  {name} fold {fold}: {wall / 60:.1f} min, out-of-fold Dice {dice:.4f}", flush=True)
+
+
+def cross_validate(args: argparse.Namespace) -> None:
+    """``--folds K``: folds (saved as ``folds.json``), the skull-stripped copies of every volume (under ``--out``),
+    then fold by fold every arm of ``--runs`` (in the given order: the float twin first), then the report."""
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    folds = cv_folds(Path(args.dataset_dir), args.folds, args.seeds[0])
+    saved = results / "folds.json"
+    if saved.is_file() and json.loads(saved.read_text())["folds"] != folds:
+        raise SystemExit(f"{saved}: other folds than this datalist and seed give; use another --results")
+    saved.write_text(json.dumps({"seed": args.seeds[0], "rule": " ".join(cv_folds.__doc__.split("deterministic: ")[1].split()),
+                                 "folds": folds}, indent=1))
+    stripped = make_skull_stripped_dataset(args.dataset_dir, Path(args.out) / "skull_stripped").parent
+    roots = {"original": Path(args.dataset_dir), "skull_stripped": stripped}
+    for fold in range(args.folds):
+        for name in args.runs:
+            if args.force or not (run_dir(results, name) / f"fold{fold}" / "run.json").is_file():
+                cv_train_and_evaluate(name, fold, folds, roots, args)
+        for spec in args.baselines if fold == 0 else []:  # beside the new fold-0 models, as soon as they exist
+            label, name, checkpoint = spec.split("=")
+            kept = results / "baselines" / re.sub(r"\W+", "_", label)
+            if args.force or not (kept / "cases.json").is_file():
+                kept.mkdir(parents=True, exist_ok=True)
+                (kept / "cases.json").write_text(json.dumps({
+                    "label": label, "run": name, "checkpoint": Path(checkpoint).name,
+                    **evaluate_cases(run_overrides(name), Path(checkpoint), folds[0], roots)}))
+        cv_report(results)
+
+
+def _case_metrics(case: dict, image_set: str = "original", tta: str = "plain", threshold: float = 0.0) -> dict:
+    """Dice, recall and precision of one evaluated case at a logit threshold of ``THRESHOLDS``."""
+    r, i = case[image_set], THRESHOLDS.index(threshold)
+    pred, inter, label = r[tta]["pred"][i], r[tta]["inter"][i], r["label"]
+    return {"dice": _dice(pred, inter, label), "recall": inter / label if label else float(pred == 0),
+            "precision": inter / pred if pred else float(label == 0)}
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+
+
+def calibrated_threshold(cases_by_fold: dict[int, list[dict]], fold: int) -> float:
+    """The logit threshold of ``THRESHOLDS`` with the best mean Dice over the *other* folds' cases."""
+    others = [c for f, cases in cases_by_fold.items() if f != fold for c in cases]
+    return max(THRESHOLDS, key=lambda t: statistics.fmean(_case_metrics(c, threshold=t)["dice"] for c in others))
+
+
+def cv_summary(cases_by_fold: dict[int, list[dict]]) -> dict[str, dict[str, float]]:
+    """Per case (over all folds given): Dice (original, skull-stripped, flip TTA, with the threshold calibrated
+    on the other folds), recall and precision of the original."""
+    rows = {}
+    for fold, cases in cases_by_fold.items():
+        t = calibrated_threshold(cases_by_fold, fold) if len(cases_by_fold) > 1 else 0.0
+        for c in cases:
+            m = _case_metrics(c)
+            rows[c["case"]] = {"fold": fold, **m, "dice_skull_stripped": _case_metrics(c, "skull_stripped")["dice"],
+                               "dice_flip_tta": _case_metrics(c, tta="flip")["dice"],
+                               "dice_skull_stripped_flip_tta": _case_metrics(c, "skull_stripped", "flip")["dice"],
+                               "dice_calibrated": _case_metrics(c, threshold=t)["dice"], "calibrated_threshold": t}
+    return rows
+
+
+def cv_report(results: Path, reference: str = "fixed4") -> None:
+    """From the kept files alone: out-of-fold per-patient metrics of every arm, mean ± s.e. over patients, paired
+    differences to ``reference`` on the patients both have, bits averaged over folds; the fold-0 (validation
+    split) comparison with the baselines. Writes ``results.json``, ``results.md`` and ``cv.png``."""
+    arms: dict[str, dict[int, dict]] = {}
+    for record in sorted(results.glob("*/fold*/run.json")):
+        run = json.loads(record.read_text())
+        arms.setdefault(run["run"], {})[run["fold"]] = {**json.loads((record.parent / "cases.json").read_text()), "run": run}
+    if not arms:
+        raise SystemExit(f"{results}: no fold results to report")
+    folds = json.loads((results / "folds.json").read_text())["folds"]
+    keys = ("dice", "dice_skull_stripped", "dice_flip_tta", "dice_skull_stripped_flip_tta", "dice_calibrated",
+            "recall", "precision")
+    rows = {name: cv_summary({f: r["cases"] for f, r in by_fold.items()}) for name, by_fold in arms.items()}
+    summary = {}
+    for name, by_fold in sorted(arms.items(), key=lambda item: _run_order(item[0])):
+        per_case = rows[name]
+        s = {"folds": sorted(by_fold), "patients": len(per_case),
+             **{k: _mean_se([r[k] for r in per_case.values()]) for k in keys},
+             **{k: statistics.fmean(r["bits"][k] for r in by_fold.values()) for k in
+                ("mean_weight_bits", "size_weighted_weight_bits", "mean_activation_bits", "weight_memory_bytes")},
+             "median_epoch_seconds": statistics.median(t for r in by_fold.values() for t in r["run"]["epoch_seconds"]),
+             "epochs": by_fold[min(by_fold)]["run"]["overrides"]["max_epochs"],
+             "calibrated_thresholds": sorted({r["calibrated_threshold"] for r in per_case.values()})}
+        for other, k in ((reference, "dice"), (reference, "dice_skull_stripped"), ("float", "dice")):
+            common = sorted(set(per_case) & set(rows.get(other, {})))
+            if other != name and len(common) > 1:
+                s[f"{k} - {other}"] = _mean_se([100 * (per_case[c][k] - rows[other][c][k]) for c in common]) + (len(common),)
+        s["dice_skull_stripped - dice"] = _mean_se([100 * (r["dice_skull_stripped"] - r["dice"]) for r in per_case.values()])
+        summary[name] = s
+    baselines = {}
+    for path in sorted(results.glob("baselines/*/cases.json")):
+        b = json.loads(path.read_text())
+        per_case = cv_summary({0: b["cases"]})
+        baselines[b["label"]] = {"run": b["run"], "checkpoint": b["checkpoint"], "bits": b["bits"],
+                                 **{k: _mean_se([r[k] for r in per_case.values()]) for k in keys}}
+    for name in arms:  # the new models of fold 0, on the same 18 validation patients
+        if 0 in arms[name]:
+            per_case = {c: r for c, r in rows[name].items() if r["fold"] == 0}
+            baselines[f"new: {name} (fold 0)"] = {"run": name, "bits": arms[name][0]["bits"],
+                                                  **{k: _mean_se([r[k] for r in per_case.values()]) for k in keys}}
+    (results / "results.json").write_text(json.dumps({"folds": folds, "thresholds": THRESHOLDS, "arms": summary,
+                                                      "per_patient": rows, "validation_split": baselines}, indent=1))
+    text = cv_markdown(summary, baselines, reference)
+    (results / "results.md").write_text(text)
+    plot_cv(summary, rows, results / "cv.png")
+    print(text)
+
+
+def _pm(value: tuple | None, scale: float = 1.0, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{scale * value[0]:.{digits}f} ± {scale * value[1]:.{digits}f}"
+
+
+def cv_markdown(summary: dict, baselines: dict, reference: str) -> str:
+    """Markdown: the out-of-fold table (one row per arm) and the validation-split table (fold 0 and baselines)."""
+    lines = [f"| arm | folds (patients) | epochs | weight bits (simple / size-weighted) | act bits | Dice ± s.e. | "
+             f"Δ vs {reference}, points | Δ vs float, points | recall | precision | skull-stripped Dice | "
+             f"Δ skull-stripped − original, points | flip TTA Dice | calibrated-threshold Dice |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, s in summary.items():
+        lines.append(
+            f"| {name} | {len(s['folds'])} ({s['patients']}) | {s['epochs']} | {s['mean_weight_bits']:.2f} / "
+            f"{s['size_weighted_weight_bits']:.2f} | {s['mean_activation_bits']:.2f} | {_pm(s['dice'])} | "
+            f"{_pm(s.get(f'dice - {reference}'), 1, 2)} | {_pm(s.get('dice - float'), 1, 2)} | {_pm(s['recall'], 1, 3)} | "
+            f"{_pm(s['precision'], 1, 3)} | {_pm(s['dice_skull_stripped'])} | {_pm(s['dice_skull_stripped - dice'], 1, 2)} | "
+            f"{_pm(s['dice_flip_tta'])} | {_pm(s['dice_calibrated'])} |")
+    lines += ["", "Validation split (fold 0: 18 patients; the new models of fold 0 are trained on the other 72):", "",
+              "| model | weight bits (simple / size-weighted) | act bits | Dice ± s.e. | skull-stripped Dice | recall | precision |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, b in baselines.items():
+        lines.append(f"| {label} | {b['bits']['mean_weight_bits']:.2f} / {b['bits']['size_weighted_weight_bits']:.2f} | "
+                     f"{b['bits']['mean_activation_bits']:.2f} | {_pm(b['dice'])} | {_pm(b['dice_skull_stripped'])} | "
+                     f"{_pm(b['recall'], 1, 3)} | {_pm(b['precision'], 1, 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_cv(summary: dict, rows: dict, path: Path) -> None:
+    """Per-patient out-of-fold Dice of each arm (original and skull-stripped), means with ± s.e. bars, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.8 * len(summary) + 3, 4.2))
+    for i, name in enumerate(summary):
+        for j, (key, colour) in enumerate((("dice", "C0"), ("dice_skull_stripped", "C1"))):
+            x = i + (j - 0.5) * 0.35
+            values = [r[key] for r in rows[name].values()]
+            ax.scatter([x] * len(values), values, s=6, alpha=0.35, color=colour)
+            ax.errorbar(x, *summary[name][key], fmt="o", color="k", capsize=4)
+    ax.set_xticks(range(len(summary)), [f"{n}\n{summary[n]['mean_weight_bits']:.2f} w bits" if summary[n]['mean_weight_bits'] < 32
+                                        else n for n in summary], fontsize=8)
+    ax.scatter([], [], color="C0", label="original"), ax.scatter([], [], color="C1", label="skull-stripped (approximation)")
+    ax.set_ylabel("out-of-fold Dice per patient")
+    ax.set_title("patient-level 5-fold cross-validation (mean ± s.e.)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

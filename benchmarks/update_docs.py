@@ -8,8 +8,9 @@ markers, and copies the figures to the bundle's ``docs/images``:
         --chosen "learned@0.25:init4" --shipped "float=benchmarks/results/sweep/float/seed0/summary.json" \
         "fixed 4-bit=benchmarks/results/sweep/fixed4/seed0/summary.json" \
         "shipped: learned (λ=0.25, from 4 bits)=benchmarks/results/sweep/learned_0.25_init4/seed0/summary.json"
+    python benchmarks/update_docs.py --cv benchmarks/results/sweep_cv   # after train_sweep.py --preset cv
 
-Each of ``--sweep``, ``--cost``, ``--shipped`` rewrites only its own blocks.
+Each of ``--sweep``, ``--cost``, ``--shipped``, ``--cv`` rewrites only its own blocks.
 """
 
 from __future__ import annotations
@@ -148,6 +149,31 @@ def sweep_block(results_dir: Path, chosen: str, images: Path) -> tuple[str, str]
     return docs, main
 
 
+def cv_block(results_dir: Path, images: Path) -> str:
+    """The cross-validation block (``train_sweep.py --folds``; ``cv_report`` already run): settings, machines,
+    commands and wall time from the kept ``run.json`` files, then ``results.md``; copies ``cv.png`` to ``images``."""
+    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*/fold*/run.json"))]
+    folds = json.loads((results_dir / "folds.json").read_text())
+    budgets = sorted({(run_overrides(r["run"])["quantization"] == "float", r["overrides"]["max_epochs"],
+                       r["overrides"]["samples_per_epoch"]) for r in runs})
+    settings = "; ".join(f"{'float twin from random weights' if is_float else 'quantized arms from the fold’s float twin'}: "
+                         f"{e} epochs x {n} slices" for is_float, e, n in budgets)
+    wall = sum(r["wall_seconds"] + r["evaluation_seconds"] for r in runs) / 3600
+    images.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results_dir / "cv.png", images / "sweep_cv.png")
+    return "\n".join([
+        f"Machine: {'; '.join(sorted({describe(r['machine']) for r in runs}))}. {len(folds['folds'])} patient-level folds "
+        f"({folds['rule']}); {settings}; batch 16, cosine learning rate, the last epoch's weights (nothing selected on "
+        f"held-out patients); {len(runs)} runs, {wall:.1f} h of training and evaluation wall time. Commands:",
+        "",
+        "```bash\n" + "\n".join(dict.fromkeys(r["command"] for r in runs)) + "\n```",
+        "",
+        (results_dir / "results.md").read_text().rstrip("\n"),
+        "",
+        "![out-of-fold Dice per patient, original and skull-stripped](images/sweep_cv.png)",
+    ])
+
+
 def cost_block(costs: list[dict]) -> str:
     """Per cost.py report (one per machine): machine, code commit, command and its tables."""
     sections = []
@@ -167,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="cost.py JSON reports, one per machine (e.g. benchmarks/results/cost*.json)")
     parser.add_argument("--shipped", nargs="+", default=None, metavar="NAME=SUMMARY_JSON",
                         help="evaluations of the shipped models (bundle evaluate.json's summary.json), in table order")
+    parser.add_argument("--cv", default=None, help="train_sweep.py --folds results folder (e.g. benchmarks/results/sweep_cv)")
     parser.add_argument("--chosen", default="learned@0.25:init4", help="learned run whose widths are shown")
     parser.add_argument("--readme", default=str(README), help="top-level README to update")
     parser.add_argument("--bundle-docs", default=str(BUNDLE_DOCS), help="bundle docs folder (README.md, images/)")
@@ -179,8 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         docs_blocks["cost"] = cost_block([json.loads(Path(path).read_text()) for path in args.cost])
     if args.shipped:
         docs_blocks["shipped"] = readme_blocks["shipped"] = table([load(spec) for spec in args.shipped])
+    if args.cv:
+        docs_blocks["cv"] = readme_blocks["cv"] = cv_block(Path(args.cv), docs_dir / "images")
     if not docs_blocks:
-        parser.error("give at least one of --sweep, --cost, --shipped")
+        parser.error("give at least one of --sweep, --cost, --shipped, --cv")
     docs_path = docs_dir / "README.md"
     docs = docs_path.read_text()
     for name, content in docs_blocks.items():

@@ -3,6 +3,7 @@
 * :func:`make_optimizer`: Adam with the learned bit widths in their own parameter group (own learning rate,
   no weight decay): with a shared small learning rate the widths do not move (Brevitas issue 1177).
 * :func:`freeze_bit_widths`: train at frozen widths.
+* :class:`TeacherLogits`: the trainer's ``prepare_batch`` for distillation from a frozen teacher (the float twin).
 * :class:`QuantUNetStatsHandler`: ignite handler that prints one line per epoch (loss parts, validation Dice,
   mean weight / activation bits) and writes the per-layer widths as JSON history and a PNG each epoch.
 """
@@ -19,7 +20,7 @@ import torch.nn as nn
 
 from monai_quantunet.bitwidth import bit_width_report, split_bit_width_parameters
 
-__all__ = ["make_optimizer", "freeze_bit_widths", "QuantUNetStatsHandler", "plot_bit_width_history"]
+__all__ = ["make_optimizer", "freeze_bit_widths", "TeacherLogits", "QuantUNetStatsHandler", "plot_bit_width_history"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,23 @@ def freeze_bit_widths(network: nn.Module) -> int:
     for p in bits:
         p.requires_grad_(False)
     return len(bits)
+
+
+class TeacherLogits:
+    """``prepare_batch`` of a MONAI ``SupervisedTrainer`` for distillation: returns ``(image, target)`` with
+    target ``(B, 2, H, W)`` = the label and the logits of the frozen ``teacher`` on the same (augmented) images,
+    for ``QuantUNetLoss(distill_weight > 0)``. The teacher costs one forward pass per step, without gradients."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def __call__(self, batchdata: dict, device: torch.device | None = None, non_blocking: bool = False, **kwargs):
+        from monai.engines import default_prepare_batch
+
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        with torch.no_grad():
+            logits = self.teacher.to(image.device)(image)
+        return image, torch.cat([label.to(logits.dtype), logits], dim=1)
 
 
 class QuantUNetStatsHandler:
@@ -101,7 +119,8 @@ class QuantUNetStatsHandler:
         entry = {"epoch": engine.state.epoch, "loss": parts, **report.totals(), "layers": report.to_dict()["layers"]}
         line = f"epoch {engine.state.epoch}/{engine.state.max_epochs}"
         if parts:
-            line += " loss {total:.4f} (bce {bce:.4f}, dice {dice:.4f}, bit term {bits:.3f})".format(**parts)
+            line += " loss {total:.4f} (bce {bce:.4f}, dice {dice:.4f}, bit term {bits:.3f}".format(**parts)
+            line += f", distillation {parts['distill']:.4f})" if "distill" in parts else ")"
         validated_now = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch
         if validated_now and self.evaluator.state.metrics:
             key = self.evaluator.state.key_metric_name if hasattr(self.evaluator.state, "key_metric_name") else None

@@ -119,3 +119,39 @@ def test_optimizer_groups():
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.02]
     assert len(opt.param_groups[1]["params"]) == 41
     assert len(make_optimizer(FloatUNet(channels=SMALL)).param_groups) == 1
+
+
+@pytest.mark.parametrize("cap, expected", [(4, 1.0), (8, 0.5)])
+def test_bit_term_is_normalised_by_the_configured_maximum_width(cap, expected):
+    net = QuantUNet(channels=SMALL, bit_width=4, max_bit_width=cap)
+    loss_fn = QuantUNetLoss(net)
+    assert loss_fn.max_bit_width == cap
+    assert loss_fn.bit_term().item() == pytest.approx(expected)  # widths start at 4
+    assert QuantUNetLoss(net, max_bit_width=8).bit_term().item() == pytest.approx(0.5)  # an explicit normaliser wins
+    assert QuantUNetLoss(QuantUNet(channels=SMALL, quantization="fixed", bit_width=4)).max_bit_width == 8
+
+
+def test_distillation_adds_bce_against_the_teachers_probabilities():
+    torch.manual_seed(0)
+    net = QuantUNet(channels=SMALL, bit_width=4, max_bit_width=4)
+    logits, teacher = torch.randn(2, 1, 8, 8), 3 * torch.randn(2, 1, 8, 8)
+    target = (torch.rand(2, 1, 8, 8) > 0.6).float()
+    plain = QuantUNetLoss(net)(logits, target).item()
+    loss_fn = QuantUNetLoss(net, distill_weight=0.5)
+    total = loss_fn(logits, torch.cat([target, teacher], 1)).item()
+    expected = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher)).item()
+    assert loss_fn.last_components["distill"] == pytest.approx(expected, rel=1e-5)
+    assert total == pytest.approx(plain + 0.5 * expected, rel=1e-5)
+    with pytest.raises(ValueError, match="teacher's logits"):
+        loss_fn(logits, target)
+
+
+def test_teacher_logits_prepare_batch():
+    from monai_quantunet.training import TeacherLogits
+
+    teacher = FloatUNet(channels=SMALL)
+    batch = {"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}
+    image, target = TeacherLogits(teacher)(batch, torch.device("cpu"))
+    assert target.shape == (2, 2, 16, 16) and torch.equal(target[:, :1], batch["label"])
+    assert torch.allclose(target[:, 1:], teacher(batch["image"]))
+    assert not any(p.requires_grad for p in teacher.parameters())
