@@ -20,7 +20,7 @@ from monai_quantunet.export import (
     onnx_network,
 )
 from monai_quantunet.export.qonnx import run_qonnx
-from monai_quantunet.export.verify import compare_logits
+from monai_quantunet.export.verify import QONNX_ATOL, compare_logits
 from monai_quantunet.inference import predict_volume
 from monai_quantunet.networks import QuantUNet
 from tiny_unet import CHANNELS, SIZE, mixed_width_net
@@ -50,7 +50,7 @@ def test_widths_span_2_to_8(net):
 def test_files_present(exported):
     names = {p.relative_to(exported.out_dir).as_posix() for p in exported.out_dir.rglob("*")}
     assert {"model.qonnx.onnx", "model.qcdq.onnx", "cost.json", "bit_widths.png", "finn/model.onnx",
-            "finn/dataflow_build_config.json", "finn/build.py", "finn/input.npy",
+            "finn/dataflow_build_config.json", "finn/build.py", "finn/finn_fifo.py", "finn/input.npy",
             "finn/expected_output.npy", "finn/README.md"} <= names
     assert not [p for p in exported.out_dir.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
@@ -91,17 +91,21 @@ def test_finn_folder(exported, net, slices):
     finn = exported.finn_dir
     cfg = json.loads((finn / "dataflow_build_config.json").read_text())
     for key in ("output_dir", "synth_clk_period_ns", "shell_flow_type", "target_fps", "auto_fifo_depths",
-                "generate_outputs", "verify_input_npy", "verify_expected_output_npy", "verification_atol"):
+                "generate_outputs", "verify_input_npy", "verify_expected_output_npy"):
         assert key in cfg, key
+    assert "verification_atol" not in cfg  # the folded graph's integer output is compared exactly
     assert cfg["board"] == "Pynq-Z1" and cfg["target_fps"] == 30 and cfg["synth_clk_period_ns"] == 10.0
-    assert cfg["auto_fifo_depths"] is True and cfg["enable_build_pdb_debug"] is False
+    assert cfg["enable_build_pdb_debug"] is False
+    # FIFOs sized by the project's FIFO model, split beyond an axis_data_fifo, BRAM on a part without URAM
+    assert cfg["auto_fifo_depths"] is False and cfg["split_large_fifos"] is True
+    assert cfg["large_fifo_mem_style"] == "block"
     assert "folded_hls_cppsim" not in cfg["verify_steps"]  # needs Vitis: the folded graph is verified in Python
     py_compile.compile(str(finn / "build.py"), doraise=True)
     x, y = np.load(finn / cfg["verify_input_npy"]), np.load(finn / cfg["verify_expected_output_npy"])
     assert x.shape == (len(slices), 1, *SIZE) and y.shape == (len(slices), 1, *SIZE)
     with torch.no_grad():
         np.testing.assert_array_equal(y, net(torch.from_numpy(x)).numpy())  # PyTorch's logits
-    assert np.abs(run_qonnx(ModelWrapper(str(finn / "model.onnx")), x) - y).max() <= cfg["verification_atol"]
+    assert compare_logits(y, run_qonnx(ModelWrapper(str(finn / "model.onnx")), x), QONNX_ATOL)["passed"]
     readme = (finn / "README.md").read_text()
     assert "f5c9819" in readme and "logit > 0" in readme and "step_hw_codegen" in readme and "step_hw_ipgen" in readme
 

@@ -17,7 +17,9 @@ hardware, and ``step_target_fps_parallelization`` crashes on ``StreamingConcat``
   and compare with the PyTorch logits.
 
 The outcome is written to ``<output_dir>/build_status.json`` (``"ok"`` or ``"failed"`` with the step and
-the reason). This file imports FINN only inside functions, so it imports without FINN installed.
+the reason). ``python build.py --execute IN.npy OUT.npy`` runs the built accelerator graph (FINN's Python
+execution) on NHWC slices instead, as ``host.py --finn-python`` does. This file imports FINN only inside functions
+(qonnx, ``finn_fifo.py`` and ``host.py``, its neighbours in the folder, at the top), so it imports without FINN.
 """
 
 from __future__ import annotations
@@ -29,9 +31,20 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from qonnx.transformation.base import Transformation
+
+try:
+    from .finn_fifo import FifoModelError, FifoPlan, StreamNode, elementwise, fifo_memory, padding, pixel_padding, \
+        simulate, sliding_window, upsample
+    from .finn_host import apply_host_tail
+except ImportError:  # build.py in a FINN build folder, beside its copies finn_fifo.py and host.py
+    from finn_fifo import FifoModelError, FifoPlan, StreamNode, elementwise, fifo_memory, padding, pixel_padding, \
+        simulate, sliding_window, upsample
+    from host import apply_host_tail
 
 HERE = Path(__file__).resolve().parent
 MAX_STREAMLINE_ROUNDS = 20
@@ -56,6 +69,7 @@ PART_RESOURCES = {
     "xck26": {"LUT": 117120, "BRAM_18K": 288, "URAM": 64, "DSP": 1248},
 }
 RESOURCES = ("LUT", "BRAM_18K", "URAM", "DSP")
+MAX_QSRL_DEPTH = 256  # deeper FIFOs become Vivado's axis_data_fifo (FINN's default)
 
 
 class UNetBuildError(ValueError):
@@ -72,6 +86,11 @@ def resolve_part(board: str | None, fpga_part: str | None) -> str:
         return BOARD_PARTS[board]
     part_resources(fpga_part)
     return fpga_part
+
+
+def fifo_ram_style(part: str) -> str:
+    """Memory of the deep (``axis_data_fifo``) FIFOs on ``part``: URAM where the part has it, else BRAM."""
+    return "ultra" if part_resources(part)["URAM"] else "block"
 
 
 def part_resources(part: str) -> dict[str, int]:
@@ -207,12 +226,24 @@ def check_hardware_graph(model) -> None:
 
 
 def step_unet_dataflow_partition(model, cfg):
-    """FINN's dataflow partition, then ``host_tail.json``: what the host does with the accelerator's output."""
+    """FINN's dataflow partition: the accelerator (returned) inside ``dataflow_parent.onnx``, which keeps the tail."""
     from finn.builder.build_dataflow_steps import step_create_dataflow_partition
-    from qonnx.core.modelwrapper import ModelWrapper
 
-    child = step_create_dataflow_partition(model, cfg)
-    parent = ModelWrapper(str(Path(cfg.output_dir) / "intermediate_models" / "dataflow_parent.onnx"))
+    return step_create_dataflow_partition(model, cfg)
+
+
+def tail_input(model) -> str:
+    """The tensor entering the host tail (``HOST_TAIL_OPS`` at the output): the accelerator's output."""
+    name = model.graph.output[0].name
+    node = model.find_producer(name)
+    while node is not None and node.op_type in HOST_TAIL_OPS:
+        name = next(t for t in node.input if model.get_initializer(t) is None)
+        node = model.find_producer(name)
+    return name
+
+
+def host_ops(parent) -> list[dict]:
+    """The host tail of ``dataflow_parent.onnx``: each op with its permutation or constant (values, ONNX shape)."""
     ops = []
     for node in parent.graph.node:
         if node.op_type == "StreamingDataflowPartition":
@@ -222,19 +253,27 @@ def step_unet_dataflow_partition(model, cfg):
             op["perm"] = list(node.attribute[0].ints)
         else:
             const = next(parent.get_initializer(t) for t in node.input if parent.get_initializer(t) is not None)
-            op["value"] = np.asarray(const).ravel().tolist()
+            op["value"], op["shape"] = np.asarray(const).ravel().tolist(), list(np.shape(const))
         ops.append(op)
-    out = child.graph.output[0].name
-    tail = {
-        "accelerator_input": {"shape": child.get_tensor_shape(child.graph.input[0].name),
-                              "datatype": str(child.get_tensor_datatype(child.graph.input[0].name)), "layout": "NHWC"},
-        "accelerator_output": {"shape": child.get_tensor_shape(out), "datatype": str(child.get_tensor_datatype(out)),
-                               "layout": "NHWC"},
-        "host_ops": ops,
-        "mask": "logit > 0",
-    }
+    return ops
+
+
+def step_unet_host_tail(model, cfg):
+    """``<output_dir>/host_tail.json`` from the final accelerator graph and the parent's tail: the accelerator's
+    input/output datatype, shape and layout as the last graph says, and the host's ops."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    parent = ModelWrapper(str(Path(cfg.output_dir) / "intermediate_models" / "dataflow_parent.onnx"))
+
+    def stream(name: str) -> dict:
+        return {"shape": model.get_tensor_shape(name), "datatype": model.get_tensor_datatype(name).name,
+                "layout": "NHWC"}
+
+    tail = {"accelerator_input": stream(model.graph.input[0].name),
+            "accelerator_output": stream(model.graph.output[0].name),
+            "host_ops": host_ops(parent), "mask": "logit > 0"}
     (Path(cfg.output_dir) / "host_tail.json").write_text(json.dumps(tail, indent=2))
-    return child
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- folding
@@ -326,29 +365,172 @@ def folding_units(model) -> list[FoldingUnit]:
     return units
 
 
-def estimate_resources(model, part: str) -> dict[str, float]:
-    """FINN's per-layer resource estimates summed over the graph (LUT, BRAM_18K, URAM, DSP)."""
+# ------------------------------------------------------------------------------------------------ FIFOs
+def stream_nodes(model) -> list[StreamNode]:
+    """The FIFO model's view of a specialized FINN graph: each layer's streams (pixels, words per pixel, word
+    width), FINN's cycle estimate and its raster-order data dependencies; :class:`UNetBuildError` for a layer
+    whose dependencies the model does not know."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    def pixels_words(normal, folded) -> tuple[int, int]:
+        pixels = int(np.prod(normal[1:-1]))
+        return pixels, int(np.prod(folded[:-1])) // pixels
+
+    nodes = []
+    for node in model.graph.node:
+        inst, op = getCustomOp(node), _base_op(node)
+        attr = inst.get_nodeattr
+        streams = [i for i, t in enumerate(node.input) if model.get_initializer(t) is None]
+        ins = [pixels_words(inst.get_normal_input_shape(i), inst.get_folded_input_shape(i)) for i in streams]
+        outs = [pixels_words(inst.get_normal_output_shape(o), inst.get_folded_output_shape(o))
+                for o in range(len(node.output))]
+        lookahead = 0
+        if op == "ConvolutionInputGenerator":
+            need = sliding_window(attr("IFMDim"), attr("OFMDim"), attr("ConvKernelDim"), attr("Stride"),
+                                  attr("Dilation"))
+            lookahead = int(need[0]) + 1  # its line buffer holds the first window's span
+        elif op == "FMPadding":
+            need = padding(attr("ImgDim"), attr("Padding"))
+        elif op == "FMPadding_Pixel":
+            need = pixel_padding(attr("ImgDim"), attr("Stride"))
+        elif op == "UpsampleNearestNeighbour":
+            need = upsample((attr("HI"), attr("WI")), (attr("HO"), attr("WO")))
+            lookahead = attr("WI")  # one input row, written HO / HI times
+        elif all(p == outs[0][0] for p, _ in ins):
+            need = elementwise(outs[0][0])
+        else:
+            raise UNetBuildError(f"the FIFO model has no data-dependency rule for {node.op_type} (node {node.name})")
+        nodes.append(StreamNode(
+            node.name, tuple(node.input[i] for i in streams), tuple(node.output), (need,) * len(streams),
+            tuple(p for p, _ in ins), tuple(w for _, w in ins), tuple(w for _, w in outs),
+            tuple(inst.get_outstream_width(o) for o in range(len(node.output))), float(inst.get_exp_cycles()),
+            (lookahead,) * len(streams), tuple(inst.get_instream_width(i) for i in streams)))
+    return nodes
+
+
+def fifo_parts(depth: int, split_large_fifos: bool) -> list[tuple[int, str]]:
+    """How FINN builds a FIFO of ``depth`` words: ``(depth, impl_style)`` parts (``SplitLargeFIFOs``)."""
+    if split_large_fifos:
+        from finn.transformation.fpgadataflow.set_fifo_depths import get_fifo_split_configs
+
+        return get_fifo_split_configs(depth, MAX_QSRL_DEPTH)
+    return [(depth, "rtl" if depth <= MAX_QSRL_DEPTH else "vivado")]
+
+
+def plan_memory(plan: FifoPlan, part: str, ram_style: str, split_large_fifos: bool) -> dict[str, dict]:
+    """Each FIFO's LUT/BRAM_18K/URAM as Vivado builds it; :class:`FifoModelError` naming a FIFO no memory of
+    ``part`` holds (or one over an ``axis_data_fifo``'s depth without ``split_large_fifos``)."""
+    available = part_resources(part)
+    memory = {}
+    for s in plan.streams.values():
+        where = f"FIFO {s.name} ({s.producer or 'input'} -> {s.consumer or 'output'}, {s.depth} x {s.bits} bits)"
+        try:
+            memory[s.name] = fifo_memory(fifo_parts(s.depth, split_large_fifos), s.bits, ram_style)
+        except FifoModelError as e:
+            raise FifoModelError(f"{where}: {e}; set split_large_fifos") from None
+        over = [r for r, v in memory[s.name].items() if v > available[r]]
+        if over:
+            raise FifoModelError(f"{where} needs {memory[s.name]}, more {'/'.join(over)} than {part} has "
+                                 f"({ {r: available[r] for r in over} }): no frame can complete")
+    return memory
+
+
+class InsertModelledFIFOs(Transformation):
+    """FINN's ``InsertDWC``, then FIFOs of the depths :func:`finn_fifo.simulate` finds: FINN's ``InsertFIFO`` from
+    the layers' ``inFIFODepths``/``outFIFODepths`` (``impl_style`` rtl up to ``MAX_QSRL_DEPTH``, else vivado with
+    ``ram_style``), then ``SplitLargeFIFOs`` and ``RemoveShallowFIFOs`` as FINN's ``step_set_fifo_depths`` does.
+
+    ``insert_fifos=False`` only sizes them, leaving the FIFOs to FINN's rtlsim sizing (``auto_fifo_depths``).
+    After ``model.transform``, ``plan`` and ``memory`` hold the model's depths and each FIFO's memory.
+    """
+
+    def __init__(self, part: str, ram_style: str, split_large_fifos: bool = True, insert_fifos: bool = True):
+        super().__init__()
+        self.part, self.ram_style = part, ram_style
+        self.split_large_fifos, self.insert_fifos = split_large_fifos, insert_fifos
+        self.plan: FifoPlan | None = None
+        self.memory: dict[str, dict] = {}
+
+    def apply(self, model):
+        from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+        from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
+        from finn.transformation.fpgadataflow.set_fifo_depths import RemoveShallowFIFOs, SplitLargeFIFOs
+        from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+        from qonnx.custom_op.registry import getCustomOp
+        from qonnx.transformation.general import GiveUniqueNodeNames
+
+        model = model.transform(InsertDWC())
+        model = model.transform(SpecializeLayers(self.part))
+        model = model.transform(GiveUniqueNodeNames())
+        self.plan = simulate(stream_nodes(model))
+        self.memory = plan_memory(self.plan, self.part, self.ram_style, self.split_large_fifos)
+        if not self.insert_fifos:
+            return model, False
+        for s in self.plan.streams.values():
+            for name, attr, tensors in ((s.producer, "outFIFODepths", "output"), (s.consumer, "inFIFODepths", "input")):
+                if name is None:
+                    continue
+                inst = getCustomOp(model.get_node_from_name(name))
+                names = list(getattr(inst.onnx_node, tensors))
+                depths = (list(inst.get_nodeattr(attr)) + [2] * len(names))[: len(names)]
+                depths[names.index(s.name)] = s.depth
+                inst.set_nodeattr(attr, depths)
+        model = model.transform(InsertFIFO(create_shallow_fifos=True, max_qsrl_depth=MAX_QSRL_DEPTH,
+                                           vivado_ram_style=self.ram_style))
+        model = model.transform(SpecializeLayers(self.part))
+        model = model.transform(GiveUniqueNodeNames())  # SplitLargeFIFOs names its parts after the FIFO
+        if self.split_large_fifos:
+            model = model.transform(SplitLargeFIFOs(max_qsrl_depth=MAX_QSRL_DEPTH))
+        return model.transform(RemoveShallowFIFOs()), False
+
+
+def design_resources(model, part: str, memory: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Resources of the whole design: FINN's estimates of every layer and width converter of ``model`` (FIFO
+    nodes left out: FINN 73ba5ed's ``StreamingFIFO`` estimator compares a boolean with strings), plus the FIFOs'
+    ``memory`` (:func:`plan_memory`). Returns ``{"total", "layers", "dwcs", "fifos"}``, each per resource."""
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
 
     per_node = model.analysis(lambda m: res_estimation(m, part))
-    return {r: float(sum(est.get(r, 0) for est in per_node.values())) for r in RESOURCES}
+    types = {n.name: _base_op(n) for n in model.graph.node}
+    groups = {"layers": dict.fromkeys(RESOURCES, 0.0), "dwcs": dict.fromkeys(RESOURCES, 0.0),
+              "fifos": dict.fromkeys(RESOURCES, 0.0)}
+    for name, est in per_node.items():
+        group = {"StreamingFIFO": None, "StreamingDataWidthConverter": "dwcs"}.get(types[name], "layers")
+        for r in RESOURCES if group else ():
+            groups[group][r] += float(est.get(r, 0))
+    for mem in memory.values():
+        for r, v in mem.items():
+            groups["fifos"][r] += v
+    groups["total"] = {r: sum(g[r] for g in groups.values()) for r in RESOURCES}
+    return groups
 
 
-def fold_for_target(model, target_cycles: float, part: str, max_utilization: float = MAX_UTILIZATION) -> dict:
+def full_design(model, part: str, ram_style: str, split_large_fifos: bool, insert_fifos: bool = True):
+    """``model`` (copied) with width converters and modelled FIFOs, the FIFO plan, each FIFO's memory and the
+    design's resources (:func:`design_resources`)."""
+    t = InsertModelledFIFOs(part, ram_style, split_large_fifos, insert_fifos)
+    design = model.transform(t)
+    return design, t.plan, t.memory, design_resources(design, part, t.memory)
+
+
+def fold_for_target(model, target_cycles: float, part: str, design: Callable[[object], dict],
+                    max_utilization: float = MAX_UTILIZATION) -> dict:
     """Fold ``model`` (in place) for ``target_cycles`` per frame within ``max_utilization`` of ``part``.
 
-    Raises :class:`UNetBuildError` if no folding reaches the target or even the serial design does not fit.
-    Where the target fits only over budget, the fastest folding within budget is kept. Returns a report.
+    ``design(model)``: the resources of the whole design a folding gives (:func:`design_resources` groups, with
+    ``"total"``), which the budget applies to. Raises :class:`UNetBuildError` if no folding reaches the target or
+    even the serial design does not fit. Where the target fits only over budget, the fastest folding within budget
+    is kept (bisection to 1%). Returns a report.
     """
     units = folding_units(model)
     budget = {r: max_utilization * v for r, v in part_resources(part).items()}
 
     def fold(cycles: float) -> tuple[bool, dict]:
         met = all([unit.fold(cycles) for unit in units])
-        return met, estimate_resources(model, part)
+        return met, design(model)
 
     def fits(resources: dict) -> bool:
-        return all(resources[r] <= budget[r] for r in RESOURCES)
+        return all(resources["total"][r] <= budget[r] for r in RESOURCES)
 
     floor_cycles, floor_node = max((unit.fastest_cycles(), unit.nodes[-1].name) for unit in units)
     if floor_cycles > target_cycles:
@@ -362,9 +544,9 @@ def fold_for_target(model, target_cycles: float, part: str, max_utilization: flo
         serial_resources = fold(serial_cycles)[1]
         if not fits(serial_resources):
             raise UNetBuildError(f"even the serial design exceeds {max_utilization:.0%} of {part}: "
-                                 f"{serial_resources} vs budget {budget}")
+                                 f"{serial_resources['total']} vs budget {budget}")
         low, chosen = target_cycles, serial_cycles
-        for _ in range(24):
+        while chosen > 1.01 * low:
             mid = math.sqrt(low * chosen)
             if fits(fold(mid)[1]):
                 chosen = mid
@@ -377,7 +559,8 @@ def fold_for_target(model, target_cycles: float, part: str, max_utilization: flo
         "fastest_cycles": floor_cycles,  # the slowest layer at full parallelism: the fastest reachable design
         "fastest_cycles_node": floor_node,
         "folded_for_cycles": chosen,
-        "resources": resources,
+        "resources": resources["total"],
+        "resources_by_source": resources,
         "budget": budget,
         "max_utilization": max_utilization,
         "part": part,
@@ -417,8 +600,10 @@ def check_folding(model) -> None:
 def step_unet_folding(model, cfg):
     """PE/SIMD per layer: ``folding_config_file`` if given (node names checked), else fold for ``target_fps``.
 
-    Writes the folding applied, keyed by FINN's node names, to ``<output_dir>/folding_config.json`` and the
-    target, FINN's resource estimates and the budget to ``<output_dir>/report/folding_report.json``.
+    The budget counts the whole design: the layers and FINN's width converters (FINN's estimates) and the FIFOs
+    the FIFO model sizes (:func:`plan_memory`). Writes the folding applied, keyed by FINN's node names, to
+    ``<output_dir>/folding_config.json`` and the target, the resources and the budget to
+    ``<output_dir>/report/folding_report.json``.
     """
     from finn.transformation.general import ApplyConfig
     from finn.util.config import extract_model_config_to_json
@@ -427,6 +612,10 @@ def step_unet_folding(model, cfg):
 
     model = model.transform(GiveUniqueNodeNames())
     part = cfg._resolve_fpga_part()
+
+    def design(folded) -> dict:
+        return full_design(folded, part, fifo_settings(cfg)[0], cfg.split_large_fifos)[3]
+
     if cfg.folding_config_file:
         config = json.loads(Path(cfg.folding_config_file).read_text())
         names = {n.name for n in model.graph.node}
@@ -435,14 +624,15 @@ def step_unet_folding(model, cfg):
             raise UNetBuildError(f"{cfg.folding_config_file}: node name(s) {unknown} are not in the graph "
                                  f"(FINN's names after step_specialize_layers: {sorted(names)[:6]} ...)")
         model = model.transform(ApplyConfig(cfg.folding_config_file))
-        report = {"folding_config_file": cfg.folding_config_file, "part": part,
-                  "resources": estimate_resources(model, part)}
+        resources = design(model)
+        report = {"folding_config_file": cfg.folding_config_file, "part": part, "resources": resources["total"],
+                  "resources_by_source": resources}
     else:
         if not cfg.target_fps:
             raise UNetBuildError("dataflow_build_config.json: give target_fps (frames per second) or folding_config_file")
         cycles = 1e9 / cfg.synth_clk_period_ns / cfg.target_fps
         report = {"target_fps": cfg.target_fps, "clock_mhz": 1e3 / cfg.synth_clk_period_ns,
-                  **fold_for_target(model, cycles, part)}
+                  **fold_for_target(model, cycles, part, design)}
     check_folding(model)
     cycles = {n.name: int(getCustomOp(n).get_exp_cycles()) for n in model.graph.node}
     report["bottleneck"] = max(cycles, key=cycles.get)
@@ -451,6 +641,43 @@ def step_unet_folding(model, cfg):
     extract_model_config_to_json(model, str(Path(cfg.output_dir) / "folding_config.json"), ["PE", "SIMD"])
     (Path(cfg.output_dir) / "report").mkdir(parents=True, exist_ok=True)
     (Path(cfg.output_dir) / "report" / "folding_report.json").write_text(json.dumps(report, indent=2))
+    return model
+
+
+def fifo_settings(cfg) -> tuple[str, bool]:
+    """``large_fifo_mem_style`` (its value) and whether FINN's rtlsim sizes the FIFOs (``auto_fifo_depths``)."""
+    style = cfg.large_fifo_mem_style
+    return getattr(style, "value", style), bool(cfg.auto_fifo_depths)
+
+
+def step_unet_fifo_depths(model, cfg):
+    """Width converters and FIFOs sized by the FIFO model (``finn_fifo.py``), written with FINN's own transforms.
+
+    Every FIFO gets the depth at which a frame streams through without stall at the folding's interval
+    (``depth``, ``impl_style``, ``ram_style`` = ``large_fifo_mem_style``; split as ``split_large_fifos`` says).
+    With ``auto_fifo_depths`` (Vivado) only the width converters go in and FINN's rtlsim sizes the FIFOs in
+    ``step_set_fifo_depths``. Writes ``<output_dir>/report/fifo_depths.json``: each FIFO's depth and memory, the
+    design's resources by source and the budget; fails if the design exceeds the part.
+    """
+    part = cfg._resolve_fpga_part()
+    ram_style, auto = fifo_settings(cfg)
+    model, plan, memory, resources = full_design(model, part, ram_style, cfg.split_large_fifos, insert_fifos=not auto)
+    available = part_resources(part)
+    report = {
+        "part": part, "ram_style": ram_style, "split_large_fifos": bool(cfg.split_large_fifos),
+        "fifos_inserted": not auto, **plan.to_dict(),
+        "resources": resources, "available": available,
+        "budget": {r: MAX_UTILIZATION * v for r, v in available.items()},
+    }
+    for name, stream in report["streams"].items():
+        stream["memory"] = memory[name]
+    report["within_budget"] = all(resources["total"][r] <= report["budget"][r] for r in RESOURCES)
+    (Path(cfg.output_dir) / "report").mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output_dir) / "report" / "fifo_depths.json").write_text(json.dumps(report, indent=2))
+    over = [r for r in RESOURCES if resources["total"][r] > available[r]]
+    if over:
+        raise UNetBuildError(f"the design with width converters and FIFOs needs more {'/'.join(over)} than {part} "
+                             f"has: {resources['total']} vs {available}")
     return model
 
 
@@ -470,45 +697,67 @@ def python_view(model):
     return view
 
 
-def step_unet_verify_folded(model, cfg):
-    """Run the folded graph (FINN Python execution, host tail included) on every verification slice.
+def first_differing_layer(folded, reference, x: np.ndarray) -> str:
+    """The first node of ``folded`` (graph order) whose output tensor, also computed by ``reference`` under the same
+    name, differs on input ``x``; its output tensor if none does."""
+    from finn.core.onnx_exec import execute_onnx
 
-    Saves the logits to ``<output_dir>/verification_output/folded_python_logits.npy`` and a summary to
-    ``folded_python.json``; fails if a mask pixel differs from the expected one (outside the band
-    ``|expected| <= verification_atol``) or a logit differs by more than ``verification_atol``.
+    got = execute_onnx(folded, {folded.graph.input[0].name: x}, return_full_exec_context=True)
+    want = execute_onnx(reference, {reference.graph.input[0].name: x}, return_full_exec_context=True)
+    for node in folded.graph.node:
+        for t in node.output:
+            if t in want and got[t].shape == want[t].shape and not np.array_equal(got[t], want[t]):
+                return f"{node.name} ({node.op_type}, output {t})"
+    return f"the graph output {folded.graph.output[0].name} (no shared intermediate tensor differs)"
+
+
+def step_unet_verify_folded(model, cfg):
+    """The folded accelerator graph's integer output, exactly as the streamlined graph computes it.
+
+    On every verification slice, executes the folded graph (FINN's Python execution of its layers) and the
+    streamlined channels-last graph (``step_unet_channels_last``, before any hardware conversion) up to the tensor
+    entering the host tail. Any differing value fails the build naming the first layer whose output differs; every
+    value must also lie in the accelerator output's datatype. Saves the integer outputs
+    (``verification_output/folded_accelerator_output.npy``), the logits after the host tail
+    (``folded_python_logits.npy``) and a summary (``folded_integer.json``).
     """
-    from finn.util.test import execute_parent
+    from finn.core.onnx_exec import execute_onnx
     from qonnx.core.modelwrapper import ModelWrapper
 
     if not cfg.verify_input_npy:
         print("no verify_input_npy: skipping step_unet_verify_folded")
         return model
-    inputs, expected = np.load(cfg.verify_input_npy), np.load(cfg.verify_expected_output_npy)
+    inputs = np.load(cfg.verify_input_npy)
     out_dir = Path(cfg.output_dir) / "verification_output"
     out_dir.mkdir(parents=True, exist_ok=True)
-    parent_path = str(Path(cfg.output_dir) / "intermediate_models" / "dataflow_parent.onnx")
-    child_path = str(out_dir / "folded_dataflow_python.onnx")
-    python_view(model).save(child_path)
-    parent = ModelWrapper(parent_path)
-    channels_last = parent.get_tensor_shape(parent.graph.input[0].name)[-1] == inputs.shape[1]
-    logits = []
+    models = Path(cfg.output_dir) / "intermediate_models"
+    reference = ModelWrapper(str(models / "step_unet_channels_last.onnx"))
+    ref_in, ref_out = reference.graph.input[0].name, tail_input(reference)
+    folded = python_view(model)
+    f_in, f_out = folded.graph.input[0].name, folded.graph.output[0].name
+    dtype = model.get_tensor_datatype(model.graph.output[0].name)
+    outputs = []
     for i, x in enumerate(inputs):
-        x = x[None].transpose(0, 2, 3, 1) if channels_last else x[None]
-        logits.append(execute_parent(parent_path, child_path, x.astype(np.float32)))
-        print(f"folded graph: slice {i + 1}/{len(inputs)}", flush=True)
-    logits = np.concatenate(logits).reshape(expected.shape)
-    np.save(out_dir / "folded_python_logits.npy", logits)
-    atol = cfg.verification_atol
-    diff = np.abs(logits.astype(np.float64) - expected)
-    decided = np.abs(expected) > atol
-    summary = {"slices": int(len(inputs)), "max_abs_diff": float(diff.max()), "atol": atol,
-               "mask_mismatches": int(((logits > 0) != (expected > 0))[decided].sum()),
-               "ambiguous_pixels": int((~decided).sum()), "pixels": int(expected.size)}
-    summary["passed"] = summary["max_abs_diff"] <= atol and summary["mask_mismatches"] == 0
-    (out_dir / "folded_python.json").write_text(json.dumps(summary, indent=2))
-    print(f"folded graph vs expected logits: {summary}", flush=True)
-    if not summary["passed"]:
-        raise UNetBuildError(f"the folded hardware graph disagrees with the expected logits: {summary}")
+        x = x[None].transpose(0, 2, 3, 1).astype(np.float32)  # NCHW slice -> the accelerator's NHWC
+        want = execute_onnx(reference, {ref_in: x}, return_full_exec_context=True)[ref_out]
+        got = execute_onnx(folded, {f_in: x})[f_out]
+        differing = int((got.reshape(want.shape) != want).sum())
+        if differing:
+            raise UNetBuildError(f"the folded graph's integer output differs from the streamlined graph's on slice "
+                                 f"{i}: {differing} of {want.size} values; first differing layer: "
+                                 f"{first_differing_layer(folded, reference, x)}")
+        if not all(dtype.allowed(v) for v in np.unique(got)):
+            raise UNetBuildError(f"slice {i}: accelerator output values outside its datatype {dtype.name}")
+        outputs.append(got)
+        print(f"folded graph: slice {i + 1}/{len(inputs)} equal", flush=True)
+    outputs = np.concatenate(outputs)
+    parent = ModelWrapper(str(models / "dataflow_parent.onnx"))
+    np.save(out_dir / "folded_accelerator_output.npy", outputs)
+    np.save(out_dir / "folded_python_logits.npy", apply_host_tail(outputs, host_ops(parent)))
+    summary = {"slices": int(len(inputs)), "values": int(outputs.size), "differing_values": 0,
+               "datatype": dtype.name, "min": float(outputs.min()), "max": float(outputs.max()), "passed": True}
+    (out_dir / "folded_integer.json").write_text(json.dumps(summary, indent=2))
+    print(f"folded graph vs streamlined graph: {summary}", flush=True)
     return model
 
 
@@ -525,10 +774,29 @@ UNET_STEPS = [
     "step_minimize_bit_width",
     "step_transpose_decomposition",
     step_unet_verify_folded,
+    step_unet_fifo_depths,
+    step_unet_host_tail,
     "step_generate_estimate_reports",
     "step_hw_codegen",
     *VIVADO_STEPS,
 ]
+
+
+FINAL_GRAPH = "step_unet_host_tail.onnx"  # the accelerator graph host_tail.json describes
+
+
+def execute_built(cfg, inputs: np.ndarray) -> np.ndarray:
+    """The built accelerator graph (``intermediate_models/FINAL_GRAPH``) in FINN's Python execution on NHWC slices
+    ``(N, H, W, C)``: its integer outputs ``(N, H, W, 1)``."""
+    from finn.core.onnx_exec import execute_onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    path = Path(cfg.output_dir) / "intermediate_models" / FINAL_GRAPH
+    if not path.is_file():
+        raise UNetBuildError(f"{path} not found: build up to step_unet_host_tail first")
+    view = python_view(ModelWrapper(str(path)))
+    i, o = view.graph.input[0].name, view.graph.output[0].name
+    return np.concatenate([execute_onnx(view, {i: x[None].astype(np.float32)})[o] for x in inputs])
 
 
 def step_name(step) -> str:
@@ -561,12 +829,17 @@ def main(argv: list[str] | None = None) -> int:
     names = [step_name(s) for s in UNET_STEPS]
     parser.add_argument("--steps-until", default=None, choices=names, metavar="STEP",
                         help="stop after this step (step_hw_codegen: the last one without Vivado)")
+    parser.add_argument("--execute", nargs=2, metavar=("IN", "OUT"), default=None,
+                        help="no build: run the built accelerator graph on IN.npy (N, H, W, C), save OUT.npy")
     args = parser.parse_args(argv)
 
     from finn.builder.build_dataflow import build_dataflow_cfg
 
     try:
         cfg = load_config(Path(args.config))
+        if args.execute:
+            np.save(args.execute[1], execute_built(cfg, np.load(args.execute[0])))
+            return 0
     except UNetBuildError as e:
         print(f"build.py: {e}", file=sys.stderr)
         return 2
