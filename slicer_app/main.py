@@ -62,7 +62,7 @@ from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
-from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.scoring import ScoringMethod
@@ -234,14 +234,19 @@ class QuantUNetApp(MONAILabelApp):
         ds = datastore if datastore else self.datastore()
         with self._uploads_lock:
             uploaded = image in self._uploads
+        save_to = None
         if uploaded or self._in_session_store(image):
             self._checked_volume(image, "uploaded file", cache=False)
         else:
             path = ds.image_path_checked(check_image_id(image))
             self._checked_volume(path, f"image {image!r}")
+            # MONAI Label reads an id that names a file in the server's working directory as that file: hand it
+            # the datastore file itself, and save the result label here (it saves none for a file path)
+            request = {**request, "image": path}
+            save_to = image
         self.validate_infer_params(model, request)
         try:
-            return super().infer(request, ds)
+            result = super().infer(request, ds)
         except HTTPException:
             raise
         except Exception as e:  # transforms wrap the cause; find a user-input error in the chain
@@ -251,6 +256,10 @@ class QuantUNetApp(MONAILabelApp):
             if isinstance(e, MONAILabelException):
                 raise RequestError(400, e.msg)
             raise
+        if save_to is not None and strtobool(str(request.get("save_label", False))) and result.get("file"):
+            tag = request.get("label_tag", DefaultLabelTag.ORIGINAL.value)
+            result["label"] = ds.save_label(save_to, result["file"], tag, {"model": model, "params": result.get("params")})
+        return result
 
     def on_save_label(self, image_id, label_id):
         """A saved label ends the click session of that image: deepedit forgets its current masks (all clients)."""

@@ -36,7 +36,7 @@ class Env:
         write_volume(self.area / "escape_img.nii.gz", image)
         (self.area / "inner" / "labels").mkdir()
         os.symlink(self.outside_volume, self.studies / "link.nii.gz")  # a link out of the folder
-        write_volume(self.studies / "bad name.nii.gz", image)  # breaks the id rule: listed, never used
+        write_volume(self.studies / "bad$name.nii.gz", image)  # breaks the id rule: listed, never used
         self.server = Server(self.studies, root / "server", {"max_upload_bytes": MAX_UPLOAD_BYTES}).start()
         self.url = self.server.url
         self.outside_before = self.snapshot_outside()
@@ -139,11 +139,11 @@ def test_infer_absolute_paths_cannot_read_or_probe(env):
 def test_links_out_of_the_folder_and_badly_named_files_are_not_used(env):
     call(env, "POST", "/infer/segmentation", 403, params={"image": "link"}, text="outside the studies folder")
     call(env, "GET", "/datastore/image", 403, params={"image": "link"})
-    call(env, "POST", "/infer/segmentation", 422, params={"image": "bad name"})
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "bad$name"})
     for strategy in ("first", "random"):
         for _ in range(3):
             r = call(env, "POST", f"/activelearning/{strategy}", 200, json_body={})
-            assert r.json().get("id") != "bad name"
+            assert r.json().get("id") != "bad$name"
 
 
 def test_infer_unknown_model_and_image(env):

@@ -8,7 +8,9 @@ calls MONAI Label's own endpoint function or the datastore with checked values. 
 Label's routes. Routes guarded:
 
 * ``POST /infer/{model}``: model known, image id or uploaded volume (not both missing), ``params`` a JSON
-  object without ``model``/``image``/``session``/``label``/``file`` keys, upload size and content;
+  object without the keys that name files or the request's target (``model``/``image``/``session``/``file``;
+  ``label`` is the segment name 3D Slicer sends with every click, see :func:`lib.validation.check_infer_params`),
+  upload size and content;
 * ``PUT /datastore/image`` (and the deprecated ``PUT /datastore/``), ``PUT /datastore/label``: upload size,
   file extension, ``params`` a JSON object, then :class:`~lib.datastore.StudiesDatastore`;
 * ``PUT /datastore/image/info``, ``PUT /datastore/label/info``, ``PUT /datastore/updatelabelinfo``: JSON objects;
@@ -48,7 +50,7 @@ __all__ = ["install", "build_router"]
 
 logger = logging.getLogger(__name__)
 
-_RESERVED_INFER_KEYS = ("model", "image", "session", "label", "file")
+_RESERVED_INFER_KEYS = ("model", "image", "session", "file")  # they would redirect what is read
 _SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 _CHUNK = 1 << 20
 

@@ -28,6 +28,9 @@ class DeepEdit(QuantUNetTaskConfig):
         self.segmentation_bundle = Path(conf.get("bundle_root") or DEFAULT_BUNDLE)
         bundle = conf.get("deepedit_bundle_root") or str(INTERACTIVE_BUNDLE)
         super().init(name, model_dir, {**conf, "bundle_root": str(Path(bundle))}, planner, **kwargs)
+        # 3D Slicer's module shows a deepedit model's labels as segments and sends each segment's landmarks under
+        # its name: a "background" label is how a Slicer user places background clicks.
+        self.labels = {**self.labels, "background": 0}
 
     def trainer_kwargs(self) -> dict:
         """The base trainer's settings plus the served segmentation model (the current mask to refine)."""

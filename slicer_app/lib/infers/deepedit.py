@@ -12,7 +12,7 @@ from lib.infers.base import QuantUNetInferTask
 from monai.transforms import CastToTyped, SqueezeDimd
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.utils.others.generic import name_to_device
+from monailabel.utils.others.generic import name_to_device, strtobool
 
 from monai_quantunet.inference import mask_postprocessing
 from monai_quantunet.interactive import (
@@ -36,7 +36,7 @@ def image_fingerprint(path: str) -> str:
 
 
 class MaskStates:
-    """The current mask per (client, image content, label): what the last ``deepedit`` answer returned, and the
+    """The current mask per (client, image content): what the last ``deepedit`` answer returned, and the
     auto-segmentation it started from. At most ``max_entries`` (least recently used dropped first)."""
 
     def __init__(self, max_entries: int = 32) -> None:
@@ -64,7 +64,7 @@ class MaskStates:
                 self._states[key]["current"] = current
 
     def forget_image(self, fingerprint: str) -> int:
-        """Drop every state of one image (all clients and labels); returns how many."""
+        """Drop every state of one image (all clients); returns how many."""
         with self._lock:
             keys = [k for k in self._states if k[1] == fingerprint]
             for k in keys:
@@ -92,14 +92,18 @@ class DeepEdit(QuantUNetInferTask):
     """Click refinement of the current mask (the interactive QuantU-Net, 4 inputs: image, current mask,
     foreground and background click maps).
 
-    3D Slicer sends the clicks (IJK voxels of the image; ``foreground`` / ``background``, or the label name for
-    foreground), never the mask, so the app keeps the current mask per client (``client_id``), image (its file
-    content) and label: the auto-segmentation of the ``segmentation`` model at first, then the last answer.
+    3D Slicer sends the clicks (IJK voxels of the image), never the mask. Its MONAI Label module lists this model's
+    labels (``tumor``, ``background``) as segments and sends every segment's landmarks under the segment's name
+    (``{"tumor": [...], "background": [...], "label": <segment being edited>}``); other clients send
+    ``foreground`` / ``background``. The model has one foreground label, so the app keeps one current mask per
+    client (``client_id``) and image (its file content), whichever segment ``label`` names: the auto-segmentation
+    of the ``segmentation`` model at first, then the last answer.
 
     * a request with clicks refines the current mask; the clicks change it only within their reach
       (``REACH_SLICES`` = 2 slices above and below the click, ``REACH_RADIUS`` = 24 pixels of the network's
       128 x 128 grid); beyond it the current mask is returned unchanged, voxel for voxel;
-    * a request without clicks starts over: the auto-segmentation is returned and becomes the current mask;
+    * a request without clicks, or with ``reset_state`` true (Slicer's reset), starts over from the
+      auto-segmentation (then applies the request's clicks, if any);
     * saving a label for the image forgets its state (all clients).
 
     A click outside the volume is answered with HTTP 422.
@@ -129,7 +133,7 @@ class DeepEdit(QuantUNetInferTask):
         return any(request.get(k) for k in (*self.foreground_keys, *self.background_keys))
 
     def state_key(self, request: dict) -> tuple:
-        return (str(request.get("client_id") or ""), image_fingerprint(request["image"]), str(request.get("label") or "tumor"))
+        return (str(request.get("client_id") or ""), image_fingerprint(request["image"]))
 
     def forget_image(self, image_path: str) -> int:
         return self.states.forget_image(image_fingerprint(image_path))
@@ -140,7 +144,7 @@ class DeepEdit(QuantUNetInferTask):
         request = dict(request)
         key = self.state_key(request)
         state = self.states.get(key)
-        if state is None or not self._has_clicks(request):
+        if state is None or not self._has_clicks(request) or strtobool(str(request.get("reset_state", False))):
             auto = state["auto"] if state is not None else self.auto_segmenter(
                 request["image"], name_to_device(request.get("device") or self._config.get("device", "cpu")))
             self.states.set(key, auto, auto)
