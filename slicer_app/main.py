@@ -258,8 +258,21 @@ class QuantUNetApp(MONAILabelApp):
             raise
         if save_to is not None and strtobool(str(request.get("save_label", False))) and result.get("file"):
             tag = request.get("label_tag", DefaultLabelTag.ORIGINAL.value)
-            result["label"] = ds.save_label(save_to, result["file"], tag, {"model": model, "params": result.get("params")})
+            try:
+                result["label"] = ds.save_label(save_to, result["file"], tag, {"model": model, "params": result.get("params")})
+            except BaseException:
+                os.remove(result["file"])  # the answer is an error: its result file is nobody's
+                raise
         return result
+
+    def batch_infer(self, request, datastore=None):
+        """MONAI Label's batch inference spreads images over the CUDA devices it counts: on a server without one
+        it divides by zero. Here the images then run on the CPU, one after the other."""
+        import torch
+
+        if not torch.cuda.is_available():
+            request = {**request, "multi_gpu": False, "device": "cpu", "max_workers": 1}
+        return super().batch_infer(request, datastore)
 
     def on_save_label(self, image_id, label_id):
         """A saved label ends the click session of that image: deepedit forgets its current masks (all clients)."""

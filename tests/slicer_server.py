@@ -79,8 +79,10 @@ class Server:
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         env["MONAILABEL_PYEXE"] = sys.executable
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        for k, sub in (("MONAI_LABEL_SESSION_PATH", "sessions"), ("XDG_CACHE_HOME", "cache"), ("MPLCONFIGDIR", "mpl")):
+        for k, sub in (("MONAI_LABEL_SESSION_PATH", "sessions"), ("XDG_CACHE_HOME", "cache"), ("MPLCONFIGDIR", "mpl"),
+                       ("TMPDIR", "tmp")):
             env[k] = str(self.workdir / sub)
+        (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)  # the server's temporary files, to be checked
         env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
         env["OMP_NUM_THREADS"] = "2"
         # `monailabel start_server` is a bash launcher for `python -m monailabel.main`; it prepends the venv's

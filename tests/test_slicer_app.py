@@ -55,8 +55,8 @@ def test_info_lists_both_models(client):
     models = info["models"]
     assert models["segmentation"]["type"] == "segmentation" and models["segmentation"]["dimension"] == 3
     assert models["deepedit"]["type"] == "deepedit"
-    for m in ("segmentation", "deepedit"):
-        assert models[m]["labels"] == {"tumor": 1}
+    assert models["segmentation"]["labels"] == {"tumor": 1}
+    assert models["deepedit"]["labels"] == {"tumor": 1, "background": 0}  # Slicer's landmarks per segment
     assert set(info["trainers"]) == {"segmentation", "deepedit"}
     assert {"least_confidence", "random", "first"} <= set(info["strategies"])
 

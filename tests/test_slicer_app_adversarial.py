@@ -37,7 +37,16 @@ class Env:
         (self.area / "inner" / "labels").mkdir()
         os.symlink(self.outside_volume, self.studies / "link.nii.gz")  # a link out of the folder
         write_volume(self.studies / "bad$name.nii.gz", image)  # breaks the id rule: listed, never used
-        self.server = Server(self.studies, root / "server", {"max_upload_bytes": MAX_UPLOAD_BYTES}).start()
+        os.symlink("case0.nii.gz", self.studies / "alias.nii.gz")  # a second id for case0's file
+        case5, _ = synthetic_case(5)
+        write_volume(self.studies / "case5.nii.gz", case5, direction=DIRECTION)
+        os.symlink("case1.nii.gz", self.studies / "labels" / "final" / "case5.nii.gz")  # case5's label is case1's file
+        # names in the server's working directory that image ids could be mistaken for
+        cwd = root / "server"
+        (cwd / "tests").mkdir(parents=True)
+        write_volume(cwd / "decoy.nrrd", np.full(SHAPE[::-1], 200, np.int16))
+        (cwd / "README.md").write_text("not a volume")
+        self.server = Server(self.studies, cwd, {"max_upload_bytes": MAX_UPLOAD_BYTES}).start()
         self.url = self.server.url
         self.outside_before = self.snapshot_outside()
         self.finals = self.read_finals()
@@ -136,9 +145,13 @@ def test_infer_absolute_paths_cannot_read_or_probe(env):
     call(env, "POST", "/infer/wsi/segmentation", None, params={"image": str(env.outside_volume)})
 
 
-def test_links_out_of_the_folder_and_badly_named_files_are_not_used(env):
-    call(env, "POST", "/infer/segmentation", 403, params={"image": "link"}, text="outside the studies folder")
-    call(env, "GET", "/datastore/image", 403, params={"image": "link"})
+def test_linked_images_are_read_only_and_badly_named_files_not_used(env, tmp_path):
+    """Data linked into the studies folder is served, never replaced or deleted through the link (issue 21, #4)."""
+    call(env, "POST", "/infer/segmentation", 200, params={"image": "link"})
+    call(env, "DELETE", "/datastore/image", 409, params={"id": "link"}, text="read-only")
+    other, _ = synthetic_case(9)
+    call(env, "PUT", "/datastore/image", 409, params={"image": "link"},
+         files={"file": ("link.nii.gz", volume(tmp_path, "other.nii.gz", other))}, text="read-only")
     call(env, "POST", "/infer/segmentation", 422, params={"image": "bad$name"})
     for strategy in ("first", "random"):
         for _ in range(3):
@@ -491,3 +504,139 @@ def test_sessions_and_static_paths(env, tmp_path):
     call(env, "POST", "/infer/segmentation", 422, params={"session_id": "../../x"}, text="session_id")
     for path in ("/ohif/..", "/ohif/../../etc/passwd", "/static/../main.py"):
         call(env, "GET", path, None)
+
+
+# ---- second adversarial round (issue 21) --------------------------------------------------------------------------
+def test_label_with_nan_refused(env, tmp_path):
+    _, label = synthetic_case(0)
+    nan = label.astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    call(env, "PUT", "/datastore/label", 422, params={"image": "case0", "tag": "final"},
+         files={"label": ("case0.nii.gz", volume(tmp_path, "nan.nii.gz", nan, direction=DIRECTION))}, text="NaN")
+
+
+@pytest.mark.parametrize("geometry,text", [
+    ({"direction": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}, "direction"),
+    ({"direction": DIRECTION, "origin": (480.0, 10.0, 5.0)}, "origin"),
+    ({"direction": DIRECTION, "spacing": (4.5, 5.5, 20.0)}, "spacing"),
+])
+def test_label_of_another_geometry_refused(env, tmp_path, geometry, text):
+    _, label = synthetic_case(0)
+    lab = volume(tmp_path, "geo.nii.gz", label, **geometry)
+    call(env, "PUT", "/datastore/label", 422, params={"image": "case0", "tag": "final"},
+         files={"label": ("case0.nii.gz", lab)}, text=text)
+
+
+def test_link_to_another_ids_file_is_not_a_second_id(env):
+    """``alias.nii.gz -> case0.nii.gz``: not served, cannot be deleted, case0 and its label stay (#4)."""
+    call(env, "POST", "/infer/segmentation", 404, params={"image": "alias"})
+    call(env, "DELETE", "/datastore/image", 404, params={"id": "alias"})
+    assert (env.studies / "case0.nii.gz").is_file() and not (env.studies / "case0.nii.gz").is_symlink()
+
+
+def test_label_upload_replaces_a_linked_label_not_its_target(env, tmp_path):
+    """``labels/final/case5.nii.gz -> case1.nii.gz``: case5's upload replaces the link; case1's label is untouched
+    (checked by the invariants) (#5)."""
+    _, label = synthetic_case(5)
+    lab = volume(tmp_path, "l5.nii.gz", label, direction=DIRECTION)
+    call(env, "PUT", "/datastore/label", 200, params={"image": "case5", "tag": "final"}, files={"label": ("case5.nii.gz", lab)})
+    stored = env.studies / "labels" / "final" / "case5.nii.gz"
+    assert not stored.is_symlink() and stored.read_bytes() == lab.read_bytes()
+    assert env.read_finals()["case1.nii.gz"] == env.finals["case1.nii.gz"]
+    env.finals = env.read_finals()
+
+
+def _detached_nrrd(tmp_path: Path, data_file: Path) -> Path:
+    header = (f"NRRD0004\ntype: int16\ndimension: 3\nspace: left-posterior-superior\nsizes: {SHAPE[0]} {SHAPE[1]} {SHAPE[2]}\n"
+              "space directions: (1,0,0) (0,1,0) (0,0,1)\nkind: domain domain domain\nendian: little\n"
+              f"encoding: raw\nspace origin: (0,0,0)\ndata file: {data_file}\n\n")
+    path = tmp_path / "detached.nrrd"
+    path.write_text(header)
+    return path
+
+
+def test_detached_header_nrrd_refused(env, tmp_path):
+    """A NRRD whose ``data file:`` names a file outside would read it (#7): uploads and infer uploads refused."""
+    outside = env.area / "outside.raw"
+    outside.write_bytes(np.ones(int(np.prod(SHAPE)), np.int16).tobytes())
+    env.outside_before = env.snapshot_outside()
+    nrrd = _detached_nrrd(tmp_path, outside)
+    call(env, "PUT", "/datastore/image", 422, params={"image": "detached"}, files={"file": ("d.nrrd", nrrd)}, text="detached")
+    call(env, "PUT", "/datastore/label", 422, params={"image": "case2", "tag": "final"}, files={"label": ("d.nrrd", nrrd)}, text="detached")
+    call(env, "POST", "/infer/segmentation", 422, files={"file": ("d.nrrd", nrrd)}, text="detached")
+
+
+def test_ids_never_resolve_against_the_working_directory(env, tmp_path):
+    """Ids equal to names in the server's working directory (a folder ``tests``, a file ``README.md``) are the
+    datastore's images (#8); an id that ends with a volume extension (``decoy.nrrd``, a volume there) is refused."""
+    image, _ = synthetic_case(2)
+    src = volume(tmp_path, "same_as_case2.nii.gz", image, direction=DIRECTION)
+    for image_id in ("tests", "README.md"):
+        call(env, "PUT", "/datastore/image", 200, params={"image": image_id}, files={"file": ("x.nii.gz", src)})
+    call(env, "PUT", "/datastore/image", 422, params={"image": "decoy.nrrd"}, files={"file": ("x.nii.gz", src)}, text="extension")
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "decoy.nrrd"}, text="extension")
+    reference = call(env, "POST", "/infer/segmentation", 200, params={"image": "case2", "output": "image"}).content
+    for image_id in ("tests", "README.md"):
+        r = call(env, "POST", "/infer/segmentation", 200, params={"image": image_id, "output": "image"})
+        assert r.content == reference, image_id  # the datastore's volume, not the decoy
+
+
+def test_outputs_options_and_routes_without_5xx(env, tmp_path):
+    """#9: result outputs, skip_writer, DICOM bytes under a volume name, the GPU log, the DICOMweb proxy."""
+    for output in ("image", "json", "all"):
+        call(env, "POST", "/infer/segmentation", 200, params={"image": "case2", "output": output})
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "case2", "output": "dicom_seg"}, text="DICOM")
+    call(env, "POST", "/infer/segmentation", 422, params={"image": "case2"}, data={"params": json.dumps({"skip_writer": True})})
+    dicom = tmp_path / "x.dcm"
+    dicom.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x12\x001.2.840.10008.1.2.1\0" + b"\0" * 200)
+    call(env, "PUT", "/datastore/image", 422, params={"image": "dcm"}, files={"file": ("dcm.nii.gz", dicom)})
+    call(env, "POST", "/infer/segmentation", 422, files={"file": ("dcm.nrrd", dicom)})
+    call(env, "GET", "/logs/gpu", None)
+    call(env, "GET", "/proxy/dicom/qido/studies", 404)
+    call(env, "HEAD", "/datastore/image", None, params={"check_sum": "md5:zz"})
+
+
+def test_images_with_nan_and_nifti2_refused_at_upload(env, tmp_path):
+    """#13: an image with a NaN voxel could never be segmented; NIfTI-2 gets a sentence, not a reader error."""
+    import nibabel as nib
+
+    image, _ = synthetic_case(3)
+    nan = image.astype(np.float32)
+    nan[1, 2, 3] = np.inf
+    call(env, "PUT", "/datastore/image", 422, params={"image": "nanimg"},
+         files={"file": ("n.nii.gz", volume(tmp_path, "nan.nii.gz", nan))}, text="NaN or infinite")
+    nifti2 = tmp_path / "n2.nii.gz"
+    nib.save(nib.Nifti2Image(image.transpose(2, 1, 0), np.eye(4)), str(nifti2))
+    call(env, "PUT", "/datastore/image", 422, params={"image": "n2"}, files={"file": ("n2.nii.gz", nifti2)}, text="NIfTI-2")
+
+
+def test_batch_inference_on_a_cpu_server(env):
+    """#10: the batch job runs to the end (it divided by the CUDA device count)."""
+    call(env, "POST", "/batch/infer/segmentation", 200, params={"images": "unlabeled"}, json_body={})
+    deadline = time.time() + 300
+    status = {}
+    while time.time() < deadline:
+        status = requests.get(f"{env.url}/batch/infer/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+        time.sleep(2)
+    assert status.get("status") == "DONE", status
+
+
+def test_one_training_at_a_time_and_temp_files_removed(env):
+    """#11: a second training (queued or not) is refused while one runs, and the running one stops; #12: dataset
+    archives and refused requests leave nothing in the server's temporary folder."""
+    call(env, "POST", "/train/segmentation", 200, json_body={"max_epochs": 50})
+    try:
+        call(env, "POST", "/train/segmentation", 409, params={"enqueue": "true"}, json_body={"max_epochs": 1}, text="already")
+        call(env, "POST", "/train/", 409, json_body={}, text="already")
+    finally:
+        requests.delete(f"{env.url}/train/", timeout=60)
+    for _ in range(3):
+        call(env, "GET", "/datastore/dataset", 200)
+    call(env, "POST", "/infer/segmentation", 403, params={"image": "case2"},
+         data={"params": json.dumps({"save_label": True, "label_tag": "final"})})
+    time.sleep(1)
+    left = [p.name for p in (env.server.workdir / "tmp").rglob("*") if p.is_file() and (
+        p.name.endswith((".nii.gz", ".nii", ".nrrd")) or p.read_bytes()[:4] == b"PK\x03\x04")]  # volumes, zip archives
+    assert not left, left

@@ -15,8 +15,11 @@ Label's routes. Routes guarded:
   file extension, ``params`` a JSON object, then :class:`~lib.datastore.StudiesDatastore`;
 * ``PUT /datastore/image/info``, ``PUT /datastore/label/info``, ``PUT /datastore/updatelabelinfo``: JSON objects;
 * ``POST /train/{model}`` and ``POST /train/``: the app's :meth:`validate_train_request` before anything is
-  queued; ``POST /batch/infer/{model}`` and ``POST /scoring/{method}``: model/method and parameters before
+  queued, and one training at a time (409 while one runs; ``enqueue`` is not offered: a queued run could not be
+  cancelled); ``POST /batch/infer/{model}`` and ``POST /scoring/{method}``: model/method and parameters before
   anything is queued;
+* ``GET /datastore/dataset``: the archive is removed once sent; ``GET /logs/gpu`` without ``nvidia-smi`` and
+  ``/proxy/dicom/*`` (no DICOMweb server behind a local folder): 404 with a sentence; ``?output=dicom_seg``: 422;
 * ``PUT`` / ``DELETE /model/{model}``: refused (403): the served checkpoint changes only through training runs
   that pass the publish rule;
 * ``/session``: one volume per session, checked like an image upload (no ``uncompress``); session ids are checked.
@@ -28,10 +31,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from typing import Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi.responses import FileResponse
 from lib.validation import (
     RequestError,
     check_image_id,
@@ -43,6 +48,8 @@ from lib.validation import (
 from starlette.datastructures import UploadFile
 
 from monailabel.config import settings
+from monailabel.endpoints.batch_infer import BatchInferImageType
+from monailabel.endpoints.infer import ResultType
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.utils.others.generic import remove_file
 
@@ -135,11 +142,14 @@ def build_router(app) -> APIRouter:
         model: str,
         image: str = "",
         session_id: str = "",
-        output: Optional[infer_endpoints.ResultType] = None,
+        output: Optional[ResultType] = None,
         user: User = user_role,
     ):
         if model not in app.infer_models():
             raise RequestError(404, f"unknown model {model[:80]!r}; available: {sorted(app.infer_models())}")
+        if output == ResultType.dicom_seg:
+            raise RequestError(422, "output=dicom_seg: DICOM SEG results need a DICOMweb datastore; this app serves a "
+                                    "local studies folder (use output=image, json or all)")
         form = await _form(request, app.limits.max_upload_bytes)
         params = parse_json_object(form.get("params"), "params")
         reserved = [k for k in _RESERVED_INFER_KEYS if k in params]
@@ -232,7 +242,8 @@ def build_router(app) -> APIRouter:
         if run_sync:
             raise RequestError(422, "run_sync: training runs in the background on this server; omit run_sync")
         params = app.validate_train_request(model, await _train_params(request))
-        return train_endpoints.run_model(model, params, False, enqueue)
+        _refuse_second_training()
+        return train_endpoints.run_model(model, params, False, False)
 
     @router.post(api + "/train/", include_in_schema=False)
     async def train_all(request: Request, run_sync: Optional[bool] = False, user: User = admin_role):
@@ -244,6 +255,7 @@ def build_router(app) -> APIRouter:
         unknown = [m for m in params if m not in app.train_models()]
         if unknown:
             raise RequestError(404, f"unknown model(s) {unknown} to train; available: {sorted(app.train_models())}")
+        _refuse_second_training()
         return train_endpoints.run(params, False)
 
     # ---- batch inference, scoring, model files --------------------------------------------------------------
@@ -254,7 +266,7 @@ def build_router(app) -> APIRouter:
     async def batch_infer(
         request: Request,
         model: str,
-        images: Optional[batch_endpoints.BatchInferImageType] = batch_endpoints.BatchInferImageType.IMAGES_ALL,
+        images: Optional[BatchInferImageType] = BatchInferImageType.IMAGES_ALL,
         run_sync: Optional[bool] = False,
         user: User = admin_role,
     ):
@@ -311,7 +323,39 @@ def build_router(app) -> APIRouter:
     async def remove_session(session_id: str, user: User = user_role):
         return session_endpoints.remove_session(_session_id(session_id))
 
+    # ---- dataset archive, GPU log, DICOMweb proxy -------------------------------------------------------------
+    from monailabel.endpoints import logs as logs_endpoints
+
+    @router.get(api + "/datastore/dataset", include_in_schema=False)
+    async def download_dataset(background_tasks: BackgroundTasks, limit_cases: Optional[int] = None, user: User = annotator_role):
+        if not app.datastore().datalist():
+            raise RequestError(404, "no final labels yet: the dataset archive holds labeled images only")
+        path = app.datastore().get_dataset_archive(limit_cases)
+        background_tasks.add_task(remove_file, path)  # MONAI Label leaves every archive in the temp folder
+        return FileResponse(path, media_type="application/zip", filename="dataset.zip")
+
+    @router.get(api + "/logs/gpu", include_in_schema=False)
+    async def gpu_info(user: User = admin_role):
+        if shutil.which("nvidia-smi") is None:
+            raise RequestError(404, "no NVIDIA GPU tools (nvidia-smi) on this server")
+        return await logs_endpoints.gpu_info(user)
+
+    async def no_dicomweb(path: str, user: User = user_role):
+        raise RequestError(404, "this app serves a local studies folder: there is no DICOMweb server to proxy")
+
+    router.add_api_route(api + "/proxy/dicom/{path:path}", no_dicomweb, methods=["GET", "POST"], include_in_schema=False)
     return router
+
+
+def _refuse_second_training() -> None:
+    """One training at a time: MONAI Label would queue a second one (``enqueue``) with no way to list it apart
+    or cancel it (``DELETE /train/`` stops only the running one)."""
+    from monailabel.utils.async_tasks.utils import processes, tasks
+
+    busy = [t["id"] for t in tasks("train") if t.get("status") in ("SUBMITTED", "RUNNING")] or list(processes("train"))
+    if busy:
+        raise RequestError(409, f"a training is already running ({busy[0]}); stop it first (DELETE /train/) or wait "
+                                "for it (GET /train/)")
 
 
 def install(fastapi_app, app) -> None:

@@ -93,6 +93,8 @@ def check_image_id(image_id: Any, what: str = "image id") -> str:
         raise RequestError(422, f"{what}: {len(image_id)} characters is too long (expected {IMAGE_ID_RULE})")
     if not _IMAGE_ID.fullmatch(image_id) or ".." in image_id:
         raise RequestError(422, f"{what} {image_id!r} is not allowed (expected {IMAGE_ID_RULE})")
+    if image_id.lower().endswith(VOLUME_EXTENSIONS):
+        raise RequestError(422, f"{what} {image_id!r} ends with a file extension: give the id without it")
     return image_id
 
 
@@ -143,8 +145,25 @@ def _reader(path: str, what: str):
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
+        if _is_nifti2(path):
+            raise RequestError(422, f"{what}: NIfTI-2 is not supported (its reader here reads NIfTI-1 only); save the volume as NIfTI-1 (.nii.gz) or NRRD") from None
         raise RequestError(422, f"{what}: not a readable image file: {_last_line(e)}") from None
     return reader
+
+
+_NIFTI2_HEADER_SIZE = (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540, either byte order
+
+
+def _is_nifti2(path: str) -> bool:
+    import gzip
+
+    if not path.lower().endswith((".nii", ".nii.gz")):
+        return False
+    try:
+        with (gzip.open if path.lower().endswith(".gz") else open)(path, "rb") as f:
+            return f.read(4) in _NIFTI2_HEADER_SIZE
+    except (OSError, EOFError):
+        return False
 
 
 def _refuse_detached_data(path: str, what: str) -> None:
