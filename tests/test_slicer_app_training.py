@@ -68,3 +68,35 @@ def test_app_follows_the_bundles_context_slices(synthetic_dataset, tmp_path):
     deepedit = DeepEdit()
     deepedit.init("deepedit", str(tmp_path / "model"), conf, None)
     assert deepedit.network.in_channels == 4 and deepedit.context_slices == 1
+
+
+def test_one_dice_in_every_bundle_and_the_app():
+    """Every Dice that selects checkpoints or reports quality, in every bundle's configs and the app's trainer,
+    is the project's one Dice: per volume, a tumor-free volume predicted tumor-free scores 1."""
+    import json
+
+    from lib.trainers import DeepEdit, Segmentation
+    from lib.trainers.base import dice_handler
+
+    def dice_configs(node):
+        if isinstance(node, dict):
+            if node.get("_target_") in ("MeanDice", "DiceMetric", "monai.handlers.MeanDice", "monai.metrics.DiceMetric"):
+                yield node
+            for value in node.values():
+                yield from dice_configs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from dice_configs(value)
+
+    found = []
+    for config in sorted((REPO / "bundles").glob("*/configs/*.json")):
+        for node in dice_configs(json.loads(config.read_text())):
+            found.append(config.parent.parent.name)
+            assert node["_target_"].endswith("DiceMetric") and node.get("ignore_empty") is False, (config, node)
+    assert {"quantunet_brain_tumor_seg", "quantunet_interactive_tumor_seg"} <= set(found)
+    assert dice_handler().metric_fn.ignore_empty is False
+    for trainer in (Segmentation, DeepEdit):
+        task = object.__new__(trainer)  # the metric methods read class constants only
+        for metrics in (task.train_key_metric(None), task.val_key_metric(None)):
+            (handler,) = metrics.values()
+            assert isinstance(handler.metric_fn, type(dice_handler().metric_fn)) and handler.metric_fn.ignore_empty is False

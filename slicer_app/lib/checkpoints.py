@@ -1,15 +1,25 @@
-"""The app's checkpoint policy: a missing or mismatching checkpoint never stops the server."""
+"""The app's checkpoint policy: of the configured paths (shipped, then published by training) the last existing one
+is served and trained from; a missing or mismatching checkpoint never stops the server."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch.nn as nn
 
 from monai_quantunet.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
+
+
+def served_checkpoint(paths: Sequence[str | Path | None]) -> Optional[str]:
+    """The checkpoint in use: the last existing file of ``paths`` (a trained, published one after the shipped one;
+    MONAI Label's ``BasicInferTask.get_path`` picks the same), or ``None``."""
+    existing = [str(p) for p in paths if p and os.path.isfile(p)]
+    return existing[-1] if existing else None
 
 
 def load_checkpoint_or_warn(network: nn.Module, path: str | Path | None, what: str = "model") -> bool:

@@ -11,7 +11,7 @@ from typing import Any, Dict
 from monailabel.interfaces.config import TaskConfig
 from monailabel.utils.others.generic import strtobool
 
-from lib.checkpoints import load_checkpoint_or_warn
+from lib.checkpoints import load_checkpoint_or_warn, served_checkpoint
 from monai_quantunet.bundle import bundle_settings, network_from_bundle
 
 logger = logging.getLogger(__name__)
@@ -85,10 +85,7 @@ class QuantUNetTaskConfig(TaskConfig):
         return self.train_task(description=self.train_description, **self.trainer_kwargs())
 
     def current_checkpoint(self):
-        for p in reversed(self.path):
-            if p and os.path.isfile(p):
-                return p
-        return None
+        return served_checkpoint(self.path)
 
     def trainer_kwargs(self) -> dict:
         s = self.settings

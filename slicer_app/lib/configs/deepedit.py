@@ -34,7 +34,7 @@ class DeepEdit(QuantUNetTaskConfig):
 
     def trainer_kwargs(self) -> dict:
         """The base trainer's settings plus the served segmentation model (the current mask to refine)."""
-        from lib.checkpoints import load_checkpoint_or_warn
+        from lib.checkpoints import load_checkpoint_or_warn, served_checkpoint
         from monai_quantunet.bundle import network_from_bundle
 
         seg_bundle = self.segmentation_bundle
@@ -43,8 +43,7 @@ class DeepEdit(QuantUNetTaskConfig):
 
         def segmentation_network():
             net = network_from_bundle(seg_bundle, in_channels=1)
-            existing = [p for p in candidates if p and os.path.isfile(p)]
-            load_checkpoint_or_warn(net, existing[-1] if existing else None, "deepedit trainer: segmentation model")
+            load_checkpoint_or_warn(net, served_checkpoint(candidates), "deepedit trainer: segmentation model")
             return net
 
         return {**super().trainer_kwargs(), "segmentation_network_factory": segmentation_network}

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import torch
 from ignite.engine import Events
-from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
+from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import DiceMetric
 from monai.transforms import Activationsd, AsDiscreted
 
@@ -39,7 +39,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.tasks.train.handler import PublishStatsAndModel, prepare_stats
 from monailabel.utils.others.generic import strtobool
 
-from lib.checkpoints import load_checkpoint_or_warn
+from lib.checkpoints import load_checkpoint_or_warn, served_checkpoint
 from lib.files import atomic_copy
 from monai_quantunet.inference import slice_inferer
 from monai_quantunet.metrics import mean_volume_dice
@@ -49,6 +49,13 @@ from monai_quantunet.training import QuantUNetStatsHandler, freeze_bit_widths, m
 logger = logging.getLogger(__name__)
 
 _LIST_OPTIONS = ("dataset", "dataloader", "tracking")
+
+
+def dice_handler() -> IgniteMetricHandler:
+    """The project's one Dice (``monai_quantunet.metrics``, the bundles' ``key_metric``): per volume, and a
+    tumor-free volume predicted tumor-free scores 1 (``ignore_empty=False``)."""
+    return IgniteMetricHandler(metric_fn=DiceMetric(include_background=True, ignore_empty=False),
+                               output_transform=from_engine(["pred", "label"]))
 
 
 class QuantUNetTrainTask(BasicTrainTask):
@@ -134,15 +141,9 @@ class QuantUNetTrainTask(BasicTrainTask):
         return train, val
 
     # ---- model -----------------------------------------------------------------------------------------------
-    def _start_checkpoint(self):
-        for p in reversed(self._init_paths):
-            if p and os.path.isfile(p):
-                return p
-        return None
-
     def network(self, context: Context):
         net = self._network_factory()
-        load_checkpoint_or_warn(net, self._start_checkpoint(), f"{self.__class__.__name__} training start")
+        load_checkpoint_or_warn(net, served_checkpoint(self._init_paths), f"{self.__class__.__name__} training start")
         if strtobool(context.request.get("freeze_batch_norm")):
             n = keep_batch_norm_frozen(net)
             logger.info(f"BatchNorm statistics and affine parameters frozen ({n} layers)")
@@ -178,16 +179,10 @@ class QuantUNetTrainTask(BasicTrainTask):
         return slice_inferer(self.spatial_size, context_slices=self.context_slices)
 
     def train_key_metric(self, context: Context):
-        return {self.TRAIN_METRIC_MEAN_DICE: MeanDice(include_background=True, output_transform=from_engine(["pred", "label"]))}
+        return {self.TRAIN_METRIC_MEAN_DICE: dice_handler()}
 
     def val_key_metric(self, context: Context):
-        # ignore_empty=False: a tumor-free volume predicted empty scores 1 (the project's one Dice, monai_quantunet.metrics)
-        return {
-            self.VAL_METRIC_MEAN_DICE: IgniteMetricHandler(
-                metric_fn=DiceMetric(include_background=True, ignore_empty=False),
-                output_transform=from_engine(["pred", "label"]),
-            )
-        }
+        return {self.VAL_METRIC_MEAN_DICE: dice_handler()}
 
     def train_handlers(self, context: Context):
         handlers = super().train_handlers(context)
