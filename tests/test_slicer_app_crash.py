@@ -42,7 +42,8 @@ def _digest(data: bytes) -> str:
 
 class Workload:
     """Label saves for ``case0`` (labeled) and ``case2`` (not yet), uploads of new images and deletes of them,
-    from two threads until the server dies. Records what the server acknowledged (200) and what was in flight."""
+    from two threads until the server dies. Records what the server acknowledged (200); a request in flight when
+    the server died may or may not have taken effect, but never half."""
 
     def __init__(self, url: str, folder: Path, round_id: int, rng: random.Random):
         self.url, self.folder, self.round_id, self.rng = url, folder, round_id, rng
@@ -83,10 +84,10 @@ class Workload:
                                  files={"file": (path.name, path.read_bytes())}, timeout=30)
                 assert r.status_code == 200, r.text
                 self.acked_images.add(image_id)
-                if j % 3 == 2:  # delete every third one again
+                if j % 3 == 2:  # delete every third one again (in flight: either outcome is right)
+                    self.acked_images.discard(image_id)
                     r = requests.delete(f"{self.url}/datastore/image", params={"id": image_id}, timeout=30)
                     assert r.status_code == 200, r.text
-                    self.acked_images.discard(image_id)
                     self.deleted_images.add(image_id)
             except requests.RequestException:
                 return
@@ -108,6 +109,8 @@ def _check_after_restart(url: str, studies: Path, work: Workload) -> None:
     store = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=60)
     assert store.status_code == 200, store.text
     objects = store.json()["objects"]
+    for image_id in work.deleted_images:
+        assert image_id not in objects, f"acknowledged delete of {image_id} undone"
     for image_id in work.acked_images:
         assert image_id in objects, f"acknowledged upload {image_id} lost"
         assert requests.post(f"{url}/infer/segmentation", params={"image": image_id}, timeout=120).status_code == 200
