@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+from monai.networks import eval_mode
 from brevitas.nn import QuantIdentity, QuantReLU
 
 from monai_quantunet.bitwidth import FLOAT_BITS, BitWidthReport, bit_width_report
@@ -141,14 +142,12 @@ def cost_report(model: nn.Module, example: torch.Tensor) -> CostReport:
         for m in model.modules()
         if isinstance(m, _QUANTIZERS + _WEIGHT_LAYERS) and names[m] in widths
     ]
-    was_training = model.training
-    model.eval()
     try:
-        model(example[:1])
+        with eval_mode(model):
+            model(example[:1])
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return CostReport(input_shape=list(example.shape[1:]), layers=rows)
 
 

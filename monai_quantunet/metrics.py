@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
+from monai.networks import eval_mode
 
 __all__ = ["volume_metrics", "mean_volume_dice", "PixelAccuracyMetric", "PixelAccuracy"]
 
@@ -40,13 +41,11 @@ def volume_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
 def mean_volume_dice(network: torch.nn.Module, data_loader, inferer, device: str | torch.device = "cpu") -> float:
     """Mean per-volume Dice (logit > 0 vs label) of ``network`` over ``data_loader`` (batches with ``image``,
     ``label``); restores the network's train/eval mode."""
-    was_training = network.training
-    network.eval()
     scores = []
-    for batch in data_loader:
-        logits = inferer(batch["image"].to(device), network)
-        scores += [volume_metrics(p, g)["dice"] for p, g in zip(logits > 0, batch["label"].to(device) > 0)]
-    network.train(was_training)
+    with eval_mode(network):
+        for batch in data_loader:
+            logits = inferer(batch["image"].to(device), network)
+            scores += [volume_metrics(p, g)["dice"] for p, g in zip(logits > 0, batch["label"].to(device) > 0)]
     return float(sum(scores) / len(scores)) if scores else float("nan")
 
 

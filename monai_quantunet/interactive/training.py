@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from monai.config import KeysCollection
 from monai.inferers import Inferer
+from monai.networks import eval_mode
 from monai.transforms import MapTransform, Randomizable
 
 from monai_quantunet.interactive.clicks import (
@@ -82,12 +83,10 @@ def expand_input_channels(state_dict: dict[str, torch.Tensor], in_channels: int 
 @torch.no_grad()
 def segment_grid_volume(network: nn.Module, image: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """Mask ``(1, X, Y, Z)`` (float 0/1) of a preprocessed volume ``(1, X, Y, Z)`` at the network's grid."""
-    was_training = network.training
-    network.eval()
     slices = torch.as_tensor(image).float().movedim(-1, 0)  # (Z, 1, X, Y)
     device = next(network.parameters()).device
-    out = torch.cat([network(slices[i:i + batch_size].to(device)).cpu() for i in range(0, len(slices), batch_size)])
-    network.train(was_training)
+    with eval_mode(network):
+        out = torch.cat([network(slices[i:i + batch_size].to(device)).cpu() for i in range(0, len(slices), batch_size)])
     return (out > 0).float().movedim(0, -1)  # (1, X, Y, Z)
 
 
@@ -279,13 +278,11 @@ class ClickSimulation:
         x = inputs.clone()
         lab = (labels[:, 0] > 0.5).cpu().numpy()
         reach = torch.zeros((2, x.shape[0], *x.shape[-2:]), dtype=torch.bool, device=x.device)
-        was_training = network.training
-        network.eval()
-        for r in range(rounds):
-            if r > 0:
-                x[:, 1] = directional_gate(network(x)[:, 0] > 0, x[:, 1] > 0.5, reach[0], reach[1]).float()
-            self.add_click(x, reach, lab)
-        network.train(was_training)
+        with eval_mode(network):
+            for r in range(rounds):
+                if r > 0:
+                    x[:, 1] = directional_gate(network(x)[:, 0] > 0, x[:, 1] > 0.5, reach[0], reach[1]).float()
+                self.add_click(x, reach, lab)
         return x
 
     def __call__(self, engine, batchdata: dict):

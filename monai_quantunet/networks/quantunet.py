@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 from brevitas.nn import QuantConv2d, QuantConvTranspose2d, QuantIdentity, QuantReLU
 from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
+from monai.networks import eval_mode
 
 from monai_quantunet.networks.fake_quant import FusedIntQuant
 
@@ -176,12 +177,9 @@ class QuantUNet(nn.Module):
         """
         from brevitas.graph.calibrate import calibration_mode
 
-        was_training = self.training
-        self.eval()
-        with calibration_mode(self):
+        with eval_mode(self), calibration_mode(self):
             for x in batches:
                 self(x)
-        self.train(was_training)
 
 
 class FloatUNet(QuantUNet):
