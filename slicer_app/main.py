@@ -53,9 +53,9 @@ from lib.validation import (
     check_device,
     check_image_id,
     check_infer_params,
-    check_train_params,
     check_volume_file,
 )
+from lib.train_options import check_train_params
 
 from fastapi import HTTPException
 
@@ -294,14 +294,11 @@ class QuantUNetApp(MONAILabelApp):
         return super().next_sample(request)
 
     # ---- training -------------------------------------------------------------------------------------------
-    # keys a train request may set besides the trainer's config keys (MONAI Label's client sends client_id)
-    TRAIN_EXTRA_PARAMS: Dict[str, str] = {"client_id": "the client's name, logged only"}
-
     def validate_train_request(self, model, params) -> dict:
         """Checked before the request is queued (``POST /train/...``) and again in the training process."""
         if not isinstance(model, str) or model not in self._trainers:
             raise RequestError(404, f"unknown model {str(model)[:80]!r} to train; available: {sorted(self._trainers)}")
-        params = check_train_params(params, self._trainers[model].config(), self.TRAIN_EXTRA_PARAMS)
+        params = check_train_params(params, self._trainers[model].config())
         if not self.datastore().datalist():
             raise RequestError(409, "no final labels to train on: submit labels first (PUT /datastore/label)")
         return params

@@ -204,6 +204,8 @@ def test_click_answer_is_the_librarys_refine_volume(client, info, server, workdi
 
     path, lesion = _missed_lesion_case(workdir)
     image_id = "chain_check"
+    # another user: the app keeps a current mask per user and image content, and this content had clicks before
+    client = MONAILabelClient(server.url, tmpdir=str(workdir / "client"), client_id="chain-check")
     client.upload_image(str(path), image_id)
     auto = _ijk(client.infer("segmentation", image_id, result_format({}))[0]).astype(bool)
     clicks = {"tumor": [[12, 10, 4]], "background": [[40, 30, 4]]}

@@ -37,6 +37,10 @@ __all__ = [
     "parse_json_object",
     "check_volume_file",
     "read_label_values",
+    "parse_bool",
+    "parse_number",
+    "check_device",
+    "check_infer_params",
 ]
 
 IMAGE_ID_RULE = (
@@ -315,7 +319,7 @@ CLICK_KEYS = ("foreground", "background")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _bool(value: Any, what: str) -> bool:
+def parse_bool(value: Any, what: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
@@ -325,7 +329,7 @@ def _bool(value: Any, what: str) -> bool:
     raise RequestError(422, f"{what}: expected true or false, got {value!r}"[:300])
 
 
-def _number(value: Any, what: str, kind=int, low=None, high=None):
+def parse_number(value: Any, what: str, kind=int, low=None, high=None):
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise RequestError(422, f"{what}: expected a number, got {value!r}"[:300])
     try:
@@ -372,13 +376,13 @@ def check_infer_params(request: Mapping[str, Any], takes_clicks: bool, label_nam
         raise RequestError(422, f"result_dtype: {str(dtype)[:40]!r} is not supported; use one of {', '.join(RESULT_DTYPES)}")
     for key in ("result_compress", "save_label"):
         if request.get(key) is not None:
-            _bool(request[key], key)
-    if _bool(request.get("save_label", False), "save_label"):
+            parse_bool(request[key], key)
+    if parse_bool(request.get("save_label", False), "save_label"):
         tag = check_label_tag(request.get("label_tag", "original"), "label_tag")
         if tag.lower() == "final":
             raise RequestError(403, f"label_tag {tag!r}: final labels are written only by label uploads (PUT /datastore/label)")
     if request.get("sw_batch_size") is not None:
-        _number(request["sw_batch_size"], "sw_batch_size", int, 1, 256)
+        parse_number(request["sw_batch_size"], "sw_batch_size", int, 1, 256)
     if request.get("device") is not None:
         check_device(request["device"])
     if request.get("logging") is not None and str(request["logging"]).upper() not in _LOG_LEVELS:
@@ -389,15 +393,15 @@ def check_infer_params(request: Mapping[str, Any], takes_clicks: bool, label_nam
     if request.get("client_id") is not None and (not isinstance(request["client_id"], str) or len(request["client_id"]) > 128):
         raise RequestError(422, "client_id: expected a short text")
     if request.get("reset_state") is not None:
-        _bool(request["reset_state"], "reset_state")
+        parse_bool(request["reset_state"], "reset_state")
     roi = request.get("roi")
     if roi is not None and roi != [] and not (
         isinstance(roi, (list, tuple)) and len(roi) == 6 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in roi)
     ):
         raise RequestError(422, f"roi: expected [i0, i1, j0, j1, k0, k1] (voxels), got {roi!r}"[:300])
     if request.get("slice") is not None:
-        _number(request["slice"], "slice", int, 0, None)
-    if request.get("skip_writer") is not None and _bool(request["skip_writer"], "skip_writer"):
+        parse_number(request["slice"], "slice", int, 0, None)
+    if request.get("skip_writer") is not None and parse_bool(request["skip_writer"], "skip_writer"):
         raise RequestError(422, "skip_writer: not supported; the server always answers with the result file")
     click_keys = [*CLICK_KEYS, *[k for k in (label_names or {}) if k != "background"]]
     total = 0
@@ -411,47 +415,3 @@ def check_infer_params(request: Mapping[str, Any], takes_clicks: bool, label_nam
             total += len(clicks) if clicks and isinstance(clicks[0], (list, tuple)) else 1
     if total > limits.max_clicks:
         raise RequestError(413, f"{total} clicks in one request is over the limit of {limits.max_clicks} (--conf max_clicks)")
-
-
-def check_train_params(params: Any, config: Mapping[str, Any], extra: Mapping[str, str]) -> Dict[str, Any]:
-    """Train request parameters: a JSON object whose keys are the trainer's config keys (``config``, the
-    defaults shown in ``/info``) or ``extra`` (key -> meaning); values of the right type and range."""
-    if not isinstance(params, dict):
-        raise RequestError(422, "train params: expected a JSON object")
-    allowed = set(config) | set(extra)
-    unknown = sorted(k for k in params if k not in allowed)
-    if unknown:
-        raise RequestError(422, f"train params: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    p = dict(params)
-    ints = {"max_epochs": (1, 1000), "train_batch_size": (1, 256), "val_batch_size": (1, 256),
-            "early_stop_patience": (-1, 1000), "num_samples": (1, 256), "min_holdout_volumes": (1, 1000)}
-    floats = {"val_split": (0.0, 0.9), "learning_rate": (1e-9, 1.0), "bit_learning_rate": (0.0, 1.0),
-              "min_dice_gain": (0.0, 1.0)}
-    for key, (low, high) in ints.items():
-        if key in p:
-            p[key] = _number(p[key], key, int, low, high)
-    for key, (low, high) in floats.items():
-        if key in p:
-            p[key] = _number(p[key], key, float, low, high)
-    for key in ("freeze_bit_widths", "freeze_batch_norm", "pretrained", "multi_gpu", "publish_without_holdout"):
-        if key in p:
-            p[key] = _bool(p[key], key)
-    for key in ("dataset", "dataloader", "tracking"):
-        if key in p:
-            choices = config.get(key)
-            value = p[key][0] if isinstance(p[key], (list, tuple)) and p[key] else p[key]
-            if isinstance(choices, (list, tuple)) and value not in choices:
-                raise RequestError(422, f"{key}: {str(value)[:40]!r} is not one of {list(choices)}")
-            p[key] = value
-    if p.get("client_id") is not None and (not isinstance(p["client_id"], str) or len(p["client_id"]) > 128):
-        raise RequestError(422, "client_id: expected a short text")
-    if "name" in p:
-        check_label_tag(p["name"], "name (the run's folder)")
-    if "device" in p:
-        check_device(p["device"])
-    if "gpus" in p and not (p["gpus"] == "all" or re.fullmatch(r"\d{1,2}(,\d{1,2})*", str(p["gpus"]))):
-        raise RequestError(422, f"gpus: expected 'all' or a list such as '0,1', got {p['gpus']!r}"[:300])
-    for key in ("tracking_uri", "tracking_experiment_name"):
-        if key in p and p[key] not in ("", None, config.get(key)):
-            raise RequestError(422, f"{key}: cannot be changed by a request (MLflow writes where the server is configured)")
-    return p

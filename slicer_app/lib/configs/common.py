@@ -12,6 +12,7 @@ from monailabel.interfaces.config import TaskConfig
 from monailabel.utils.others.generic import strtobool
 
 from lib.checkpoints import load_checkpoint_or_warn, served_checkpoint
+from lib.train_options import OPTIONS
 from monai_quantunet.bundle import bundle_settings, network_from_bundle
 
 logger = logging.getLogger(__name__)
@@ -19,10 +20,6 @@ logger = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = APP_DIR.parent / "bundles" / "quantunet_brain_tumor_seg"
 LABELS = {"tumor": 1}
-# Fine-tuning on a few user labels starts from a trained model: 1/100 of the bundle's from-scratch learning rate
-# (1e-3), frozen bit widths and frozen BatchNorm statistics by default keep what the shipped model knows
-# (measured: benchmarks/finetune.py).
-FINETUNE_LEARNING_RATE = 1e-5
 
 
 class QuantUNetTaskConfig(TaskConfig):
@@ -98,7 +95,7 @@ class QuantUNetTaskConfig(TaskConfig):
             context_slices=self.context_slices,
             lambda_bits=float(s["lambda_bits"]),
             bit_reduction=s["bit_reduction"],
-            learning_rate=float(self.conf.get("learning_rate", FINETUNE_LEARNING_RATE)),
+            learning_rate=float(self.conf.get("learning_rate", OPTIONS["learning_rate"].default)),
             bit_learning_rate=float(self.conf.get("bit_learning_rate", s["bit_learning_rate"])),
             freeze_bit_widths=strtobool(self.conf.get("freeze_bit_widths", "true")),
             freeze_batch_norm=strtobool(self.conf.get("freeze_batch_norm", "true")),

@@ -41,14 +41,13 @@ from monailabel.utils.others.generic import strtobool
 
 from lib.checkpoints import load_checkpoint_or_warn, served_checkpoint
 from lib.files import atomic_copy
+from lib.train_options import OPTIONS, check_train_params, trainer_config
 from monai_quantunet.inference import slice_inferer
 from monai_quantunet.metrics import mean_volume_dice
 from monai_quantunet.losses import QuantUNetLoss
 from monai_quantunet.training import QuantUNetStatsHandler, freeze_bit_widths, make_optimizer
 
 logger = logging.getLogger(__name__)
-
-_LIST_OPTIONS = ("dataset", "dataloader", "tracking")
 
 
 def dice_handler() -> IgniteMetricHandler:
@@ -69,10 +68,10 @@ class QuantUNetTrainTask(BasicTrainTask):
         context_slices: int = 1,
         lambda_bits: float = 0.25,
         bit_reduction: str = "mean",
-        learning_rate: float = 1e-4,
-        bit_learning_rate: float = 1e-2,
-        freeze_bit_widths: bool = False,
-        freeze_batch_norm: bool = True,
+        learning_rate: float = OPTIONS["learning_rate"].default,
+        bit_learning_rate: float = OPTIONS["bit_learning_rate"].default,
+        freeze_bit_widths: bool = OPTIONS["freeze_bit_widths"].default,
+        freeze_batch_norm: bool = OPTIONS["freeze_batch_norm"].default,
         num_samples: int = 8,
         tumor_fraction: float = 2 / 3,
         description: str = "Fine-tune QuantU-Net",
@@ -88,23 +87,8 @@ class QuantUNetTrainTask(BasicTrainTask):
         self.bit_reduction = bit_reduction
         self.num_samples = num_samples
         self.tumor_fraction = tumor_fraction
-        config = {
-            "max_epochs": 10,
-            "train_batch_size": 4,
-            "val_batch_size": 1,
-            "val_split": 0.2,
-            "learning_rate": learning_rate,
-            "bit_learning_rate": bit_learning_rate,
-            "freeze_bit_widths": freeze_bit_widths,
-            "freeze_batch_norm": freeze_batch_norm,
-            "publish_without_holdout": False,  # see the module docstring
-            "min_dice_gain": 0.01,  # held-out mean Dice gain needed to publish
-            "min_holdout_volumes": 2,  # held-out volumes needed to publish
-            "multi_gpu": False,
-            "dataset": ["CacheDataset", "Dataset"],
-            "dataloader": ["DataLoader", "ThreadDataLoader"],
-            "tracking": ["None", "mlflow"],  # MLflow off unless asked (then MLFLOW_ALLOW_FILE_STORE=true is set)
-        }
+        config = trainer_config(learning_rate=learning_rate, bit_learning_rate=bit_learning_rate,
+                                freeze_bit_widths=freeze_bit_widths, freeze_batch_norm=freeze_batch_norm)
         super().__init__(
             model_dir,
             description,
@@ -121,10 +105,7 @@ class QuantUNetTrainTask(BasicTrainTask):
 
     # ---- request ---------------------------------------------------------------------------------------------
     def train(self, rank, world_size, request, datalist):
-        request = dict(request)
-        for k in _LIST_OPTIONS:
-            if isinstance(request.get(k), (list, tuple)):
-                request[k] = request[k][0]
+        request = {**request, **check_train_params({k: v for k, v in request.items() if k in OPTIONS}, self.config())}
         request["multi_gpu"] = False
         return super().train(rank, world_size, request, datalist)
 
