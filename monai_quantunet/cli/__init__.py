@@ -18,6 +18,7 @@ COMMANDS = {
     "make-synthetic": ("monai_quantunet.cli.data", "write synthetic tumor volumes + datalist"),
     "export": ("monai_quantunet.cli.export", "export a checkpoint to QONNX, a FINN build folder and QCDQ ONNX"),
     "finn-build": ("monai_quantunet.cli.export", "run a FINN build folder's build.py with a FINN toolchain"),
+    "compact-checkpoint": ("monai_quantunet.cli.checkpoint", "rewrite a checkpoint as integer weights at their bit widths"),
 }
 
 
