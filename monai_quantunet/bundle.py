@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-__all__ = ["BUNDLE_NAME", "find_bundle_root", "ensure_default_dataset", "bundle_settings", "network_from_bundle"]
+__all__ = ["BUNDLE_NAME", "find_bundle_root", "ensure_default_dataset", "bundle_settings", "network_from_config",
+           "network_from_bundle"]
 
 BUNDLE_NAME = "quantunet_brain_tumor_seg"
 
@@ -65,10 +66,22 @@ def bundle_settings(bundle_root: str | Path | None = None) -> dict:
     return {"context_slices": 1, **{k: p.get_parsed_content(k) for k in keys if k in p.get()}}
 
 
+def network_from_config(config_file: str | Path, **overrides) -> tuple[nn.Module, object]:
+    """``(network, parser)``: a new instance of ``network_def`` of a bundle config file (``bundle_root`` = the
+    config's bundle, two folders up); ``overrides`` replace its arguments (e.g. ``in_channels``)."""
+    config_file = Path(config_file)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file {config_file} not found")
+    p = _parser(config_file.name, config_file.resolve().parent.parent)
+    if "network_def" not in p.get():
+        raise ValueError(f"{config_file}: no 'network_def' key")
+    for k, v in overrides.items():
+        p[f"network_def#{k}"] = v
+    return p.get_parsed_content("network_def", instantiate=True), p
+
+
 def network_from_bundle(bundle_root: str | Path | None = None, **overrides) -> nn.Module:
     """A new instance of the bundle's ``network_def`` (``inference.json``; its ``in_channels`` is the bundle's
     ``context_slices``); ``overrides`` replace its arguments (e.g. ``in_channels``)."""
-    p = _parser("inference.json", bundle_root)
-    for k, v in overrides.items():
-        p[f"network_def#{k}"] = v
-    return p.get_parsed_content("network_def", instantiate=True)
+    root = Path(bundle_root) if bundle_root else Path(find_bundle_root())
+    return network_from_config(root / "configs" / "inference.json", **overrides)[0]

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from monai_quantunet.bundle import network_from_config
 from monai_quantunet.export.finn import DEFAULT_BOARD, DEFAULT_CLK_NS, DEFAULT_TARGET_FPS
 from monai_quantunet.export.finn_build import BOARD_PARTS
 from monai_quantunet.export.finn_toolchain import TOOLCHAIN_ENV, FinnToolchain
 
-__all__ = ["add_arguments", "main", "network_from_config"]
+__all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -47,21 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--no-qonnx-cost", action="store_true",
                         help="skip qonnx's own inference_cost in cost.json (slow on large nets)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-
-
-def network_from_config(config_file: str | Path) -> tuple[object, dict]:
-    """``(network, parser)`` from a bundle config's ``network_def``, ``bundle_root`` = the config's bundle."""
-    from monai.bundle import ConfigParser
-
-    config_file = Path(config_file)
-    if not config_file.is_file():
-        raise FileNotFoundError(f"config file {config_file} not found")
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    parser["bundle_root"] = str(config_file.resolve().parent.parent)
-    if "network_def" not in parser.get():
-        raise ValueError(f"{config_file}: no 'network_def' key")
-    return parser.get_parsed_content("network_def"), parser
 
 
 def main(args: argparse.Namespace) -> int:
