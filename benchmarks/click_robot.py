@@ -122,12 +122,10 @@ def time_256x256x40(make_step, image_path: str, auto: np.ndarray, repeats: int =
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     x = np.arange(result["clicks"] + 1)
     for key, style, name in (("new", "o-", "interactive QuantU-Net (refines the current mask)"),
                              ("old", "s--", "old deepedit (recomputes the volume)")):
@@ -143,7 +141,6 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def markdown_table(result: dict) -> str:

@@ -82,10 +82,7 @@ def pareto_png(rows: list[tuple[str, dict]], path: str) -> None:
     """Two panels: Dice vs weight memory (KiB) and Dice vs GBOPs per slice, log x; front as a line; the paper's
     point (4.24 bits, float Dice - 1.89 points) where a float row gives its reference. Runs that collapsed (Dice
     below half the best) are listed under the plot instead of stretching the axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     from matplotlib.ticker import NullFormatter
 
     best = max(s["dice"]["mean"] for _, s in rows)
@@ -97,7 +94,8 @@ def pareto_png(rows: list[tuple[str, dict]], path: str) -> None:
     ]
     float_row = _float_row(rows)
     ref = float_row["dice"]["mean"] if float_row else None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    fig = Figure(figsize=(12, 4.8))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, (label, cost) in zip(axes, axes_def):
         points = [(cost(s), s["dice"]["mean"]) for _, s in shown]
         for i, ((name, _), (x, y)) in enumerate(zip(shown, points)):
@@ -122,7 +120,6 @@ def pareto_png(rows: list[tuple[str, dict]], path: str) -> None:
         fig.text(0.01, 0.01, "not shown (collapsed): " + ", ".join(collapsed), fontsize=8)
     fig.tight_layout(rect=(0, 0.04 if collapsed else 0, 1, 1))
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:

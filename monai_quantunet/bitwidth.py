@@ -104,12 +104,10 @@ class BitWidthReport:
 
     def plot(self, path: str | Path, title: str = "Bit width per layer") -> None:
         """Write a PNG bar chart of weight and activation widths per layer."""
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharey=True)
+        fig = Figure(figsize=(11, 6))
+        axes = fig.subplots(2, 1, sharey=True)
         for ax, kind, colour in zip(axes, ("weight", "activation"), ("tab:blue", "tab:orange")):
             rows = [r for r in self.layers if r.kind == kind]
             ax.bar(range(len(rows)), [r.bits for r in rows], color=colour)
@@ -120,7 +118,6 @@ class BitWidthReport:
         axes[0].set_title(f"{title}\n{self.summary()}", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
 
 
 def _quantized_tensors(model: nn.Module) -> list[tuple[str, str, nn.Module]]:

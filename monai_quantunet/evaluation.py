@@ -117,15 +117,13 @@ def overlay_png(slices: list[dict], path: str | Path) -> None:
     """Best, median and worst case by Dice, each on its most tumor-bearing axial slice: FLAIR, ground truth
     (green) and prediction (red) over it, in the image file's voxel grid. ``slices``: dicts with ``case``,
     ``dice``, ``z``, 2D boolean ``label`` and ``pred``, and ``image_file`` (the volume the label belongs to)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     import nibabel as nib
 
     ranked = sorted(slices, key=lambda s: s["dice"])
     picks = {"best": ranked[-1], "median": ranked[len(ranked) // 2], "worst": ranked[0]}
-    fig, axes = plt.subplots(len(picks), 3, figsize=(9, 3.1 * len(picks)), squeeze=False)
+    fig = Figure(figsize=(9, 3.1 * len(picks)))
+    axes = fig.subplots(len(picks), 3, squeeze=False)
     for row, (rank, s) in zip(axes, picks.items()):
         image = np.asarray(nib.load(s["image_file"]).dataobj[..., s["z"]], dtype=np.float32)
         lo, hi = np.percentile(image, (0.5, 99.5))
@@ -140,4 +138,3 @@ def overlay_png(slices: list[dict], path: str | Path) -> None:
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
