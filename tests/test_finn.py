@@ -44,7 +44,7 @@ def slices(synthetic_dataset):
 def built(net, slices, finn_toolchain, tmp_path_factory):
     """An export verified through FINN (scratch build), then its own folder built to code generation."""
     result = export_model(net, tmp_path_factory.mktemp("finn") / "export", slices, target_fps=TARGET_FPS,
-                          finn=finn_toolchain, qonnx_inference_cost=False, verbose=False)
+                          cppsim_slices=0, finn=finn_toolchain, qonnx_inference_cost=False, verbose=False)
     status = finn_toolchain.run_build(result.finn_dir, "step_hw_codegen", log=None)
     return result, status, result.finn_dir / "output"
 
@@ -116,7 +116,8 @@ def test_differing_layer_is_named(built, finn_toolchain, tmp_path):
     folder = Path(shutil.copytree(built[0].finn_dir, tmp_path / "finn"))
     out = subprocess.run([str(finn_toolchain.python), "-c", CORRUPT_LAYER, "MVAU_hls_21"], cwd=folder, text=True,
                          capture_output=True, env={"FINN_ROOT": str(finn_toolchain.finn_root), "PATH": "/usr/bin:/bin"})
-    assert "integer output differs from the streamlined graph's on slice 0" in out.stdout, out.stderr[-2000:]
+    assert "folded graph: the integer output differs from the streamlined graph's on slice 0" in out.stdout, \
+        out.stderr[-2000:]
     assert "first differing layer: MVAU_hls_21 (MVAU, output " in out.stdout
 
 

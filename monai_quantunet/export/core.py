@@ -91,6 +91,7 @@ def export_model(
     fpga_part: str | None = None,
     clk_period_ns: float = DEFAULT_CLK_NS,
     target_fps: float = DEFAULT_TARGET_FPS,
+    cppsim_slices: int = 1,
     finn: FinnToolchain | None = None,
     qonnx_atol: float = QONNX_ATOL,
     qcdq_atol: float = QCDQ_ATOL,
@@ -109,6 +110,7 @@ def export_model(
         checkpoint: optional state_dict file loaded into ``network`` first (``ValueError`` if it does not fit).
         board / fpga_part / clk_period_ns / target_fps: FINN target, slices per second at the clock (see
             :func:`monai_quantunet.export.finn.build_config`); ``ValueError`` for an unknown board or part.
+        cppsim_slices: verification slices FINN's C++ simulation also runs where the toolchain has HLS headers.
         finn: a FINN toolchain: FINN's flow then folds the model for the target and executes the folded hardware
             graph on ``example_slices`` (a scratch copy of ``finn/``; the folder itself stays unbuilt).
         qonnx_atol / qcdq_atol / rtol: verification tolerance ``atol + rtol x max |logit|`` (see
@@ -118,7 +120,8 @@ def export_model(
     Raises ``ExportVerificationError`` (a ``ValueError``) with a report if an export disagrees with PyTorch.
     """
     out_dir = Path(out_dir)
-    finn_target = dict(board=board, fpga_part=fpga_part, clk_period_ns=clk_period_ns, target_fps=target_fps)
+    finn_target = dict(board=board, fpga_part=fpga_part, clk_period_ns=clk_period_ns, target_fps=target_fps,
+                       cppsim_slices=cppsim_slices)
     build_config(**finn_target)  # an unknown target fails before any work
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"export folder {out_dir} already exists (pass overwrite=True / --overwrite)")
@@ -205,6 +208,8 @@ def _finn_build(finn: FinnToolchain, finn_dir: Path, verbose: bool) -> dict:
             "integer_verification": json.loads((output / "verification_output" / "folded_integer.json").read_text()),
             "fifos": {k: v for k, v in json.loads((output / "report" / "fifo_depths.json").read_text()).items()
                       if k != "streams"},
+            **({"cppsim": json.loads(cppsim.read_text())}
+               if (cppsim := output / "verification_output" / "folded_cppsim.json").is_file() else {}),
         }
 
 

@@ -35,14 +35,17 @@ HOST_PROGRAM = Path(__file__).with_name("finn_host.py")  # host.py in the folder
 
 
 def build_config(board: str | None = DEFAULT_BOARD, fpga_part: str | None = None,
-                 clk_period_ns: float = DEFAULT_CLK_NS, target_fps: float = DEFAULT_TARGET_FPS) -> dict:
+                 clk_period_ns: float = DEFAULT_CLK_NS, target_fps: float = DEFAULT_TARGET_FPS,
+                 cppsim_slices: int = 1) -> dict:
     """``dataflow_build_config.json`` contents; paths are relative to the folder (``build.py`` resolves them).
 
     ``board`` (one of ``finn_build.BOARD_PARTS``) gives a Zynq bitfile, PYNQ driver and deployment package;
     ``fpga_part`` alone stops at out-of-context synthesis. ``build.py`` folds for ``target_fps`` slices per
     second at ``clk_period_ns``. FIFOs are sized by the project's FIFO model (``auto_fifo_depths`` false; set it
     true to have FINN size them by rtlsim where Vivado exists), split beyond an ``axis_data_fifo``'s depth, deep
-    ones in URAM where the part has it, else BRAM. ``ValueError`` for an unknown board or part.
+    ones in URAM where the part has it, else BRAM. ``cppsim_slices``: verification slices also run in FINN's
+    C++ simulation where HLS headers exist (``unet_cppsim_slices``; 0: never). ``ValueError`` for an unknown board
+    or part.
     """
     part = resolve_part(board, fpga_part)
     part_resources(part)
@@ -63,6 +66,7 @@ def build_config(board: str | None = DEFAULT_BOARD, fpga_part: str | None = None
         "verify_steps": [],
         "verify_input_npy": "input.npy",
         "verify_expected_output_npy": "expected_output.npy",
+        "unet_cppsim_slices": int(cppsim_slices),
         "save_intermediate_models": True,
         "enable_build_pdb_debug": False,
     }
@@ -182,7 +186,9 @@ whole latency. Undersized, the fork blocks, the down path starves and the concat
 
 FIFO memory is counted the way Vivado builds it: an `axis_data_fifo`'s data width is whole bytes (a 4-bit word
 takes 8 bits), in RAMB18 (the fewest over their aspect ratios) or URAM288 (4K x 72); a shift-register FIFO in
-LUTs. FINN {FINN_COMMIT}'s own `StreamingFIFO` estimate compares a boolean with strings (a depth-2 FIFO counts as 1
+LUTs. So skip forks and concats are folded to streams a whole number of bytes wide. The model asks for no stall
+anywhere, which is more than deadlock freedom needs: FIFOs on a plain chain of layers (no fork) could be
+shallower where the producer may wait. FINN {FINN_COMMIT}'s own `StreamingFIFO` estimate compares a boolean with strings (a depth-2 FIFO counts as 1
 BRAM18 and 1 URAM), so its FIFO figures in `report/estimate_*.json` are left out of every budget here.
 
 ## Output: what the host does

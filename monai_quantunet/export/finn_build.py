@@ -12,9 +12,12 @@ hardware, and ``step_target_fps_parallelization`` crashes on ``StreamingConcat``
 * convert exactly the layers the U-Net has, leaving the output tail (NHWC->NCHW transpose, logits scale and
   bias) on the host, and fail naming any other node that did not become a hardware layer;
 * fold for ``target_fps`` at ``synth_clk_period_ns`` within ``MAX_UTILIZATION`` of the part's LUT, BRAM18,
-  URAM and DSP by FINN's own estimates (or apply and check a ``folding_config_file``);
-* execute the folded graph with FINN's Python execution inside its host parent on the verification slices
-  and compare with the PyTorch logits.
+  URAM and DSP for the whole design: layers and width converters by FINN's estimates, FIFOs sized by the FIFO
+  model as Vivado builds them (or apply and check a ``folding_config_file``);
+* execute the folded graph (FINN's Python execution; with HLS headers also FINN's cppsim of its HLS layers on the
+  first ``unet_cppsim_slices`` slices) on the verification slices: its integer output must equal the streamlined
+  graph's exactly;
+* size every FIFO with the FIFO model (``finn_fifo.py``) and insert them with FINN's transforms.
 
 The outcome is written to ``<output_dir>/build_status.json`` (``"ok"`` or ``"failed"`` with the step and
 the reason). ``python build.py --execute IN.npy OUT.npy`` runs the built accelerator graph (FINN's Python
@@ -70,6 +73,7 @@ PART_RESOURCES = {
 }
 RESOURCES = ("LUT", "BRAM_18K", "URAM", "DSP")
 MAX_QSRL_DEPTH = 256  # deeper FIFOs become Vivado's axis_data_fifo (FINN's default)
+SCAN_FACTOR = 1.5  # step of the search for the fastest folding within budget (cycles per frame)
 
 
 class UNetBuildError(ValueError):
@@ -326,8 +330,15 @@ class FoldingUnit:
         return False
 
 
+def _byte_widths(parallelism: list[int], bits: int) -> list[int]:
+    """The ``parallelism`` options whose stream (``p * bits`` wide) fills whole bytes, if any: a skip connection's
+    deep FIFO is an ``axis_data_fifo``, which pads every word to whole bytes (4-bit words would double its BRAM)."""
+    return [p for p in parallelism if p * bits % 8 == 0] or parallelism
+
+
 def folding_units(model) -> list[FoldingUnit]:
-    """One :class:`FoldingUnit` per hardware node (a pool together with its window generator)."""
+    """One :class:`FoldingUnit` per hardware node (a pool together with its window generator). Skip forks and
+    concats only take parallelism whose streams fill whole bytes (:func:`_byte_widths`)."""
     from qonnx.custom_op.registry import getCustomOp
 
     units, paired = [], set()
@@ -350,15 +361,18 @@ def folding_units(model) -> list[FoldingUnit]:
             pairs = [(s, p) for s in _divisors(mw) if s >= min_simd for p in _divisors(mh)]
             pairs.sort(key=lambda sp: (sp[0] * sp[1], sp[1]))
             options = [[(node, "SIMD", s), (node, "PE", p)] for s, p in pairs]
-        elif op in ("Thresholding", "DuplicateStreams"):
+        elif op == "Thresholding":
             options = [[(node, "PE", p)] for p in _divisors(inst.get_nodeattr("NumChannels"))]
+        elif op == "DuplicateStreams":
+            bits = inst.get_input_datatype().bitwidth()
+            options = [[(node, "PE", p)] for p in _byte_widths(_divisors(inst.get_nodeattr("NumChannels")), bits)]
         elif op in ("FMPadding", "FMPadding_Pixel"):
             options = [[(node, "SIMD", s)] for s in _divisors(inst.get_nodeattr("NumChannels"))]
         elif op == "ConvolutionInputGenerator":
             options = [[(node, "SIMD", s)] for s in _divisors(inst.get_nodeattr("IFMChannels"))]
         elif op == "StreamingConcat":
-            channels = inst.get_nodeattr("ChannelsPerStream")
-            options = [[(node, "SIMD", s)] for s in _divisors(math.gcd(*channels))]
+            channels, bits = inst.get_nodeattr("ChannelsPerStream"), inst.get_input_datatype().bitwidth()
+            options = [[(node, "SIMD", s)] for s in _byte_widths(_divisors(math.gcd(*channels)), bits)]
         else:
             raise UNetBuildError(f"no folding rule for {node.op_type} (node {node.name})")
         units.append(FoldingUnit([node], options))
@@ -519,8 +533,8 @@ def fold_for_target(model, target_cycles: float, part: str, design: Callable[[ob
 
     ``design(model)``: the resources of the whole design a folding gives (:func:`design_resources` groups, with
     ``"total"``), which the budget applies to. Raises :class:`UNetBuildError` if no folding reaches the target or
-    even the serial design does not fit. Where the target fits only over budget, the fastest folding within budget
-    is kept (bisection to 1%). Returns a report.
+    none between it and the serial design fits. Where the target fits only over budget, the fastest folding found
+    within budget is kept (to 1%). Returns a report.
     """
     units = folding_units(model)
     budget = {r: max_utilization * v for r, v in part_resources(part).items()}
@@ -539,13 +553,21 @@ def fold_for_target(model, target_cycles: float, part: str, design: Callable[[ob
     chosen = target_cycles
     met, resources = fold(chosen)
     if not fits(resources):
-        # the fastest folding within budget: bisect the cycle target between the target and the serial design
+        # the fastest folding within budget. FIFO memory does not shrink steadily with slower foldings (a slower
+        # layer deepens the skip FIFOs around it), so scan slower targets in steps of SCAN_FACTOR up to the serial
+        # design, then bisect between the last that failed and the first that fits
         serial_cycles = float(max(unit.serial_cycles() for unit in units))
-        serial_resources = fold(serial_cycles)[1]
-        if not fits(serial_resources):
-            raise UNetBuildError(f"even the serial design exceeds {max_utilization:.0%} of {part}: "
-                                 f"{serial_resources['total']} vs budget {budget}")
-        low, chosen = target_cycles, serial_cycles
+        low, chosen, tried = target_cycles, None, {}
+        while chosen is None and low < serial_cycles:
+            cycles = min(low * SCAN_FACTOR, serial_cycles)
+            tried[cycles] = fold(cycles)[1]["total"]
+            if fits({"total": tried[cycles]}):
+                chosen = cycles
+            else:
+                low = cycles
+        if chosen is None:
+            raise UNetBuildError(f"no folding fits {max_utilization:.0%} of {part} (budget {budget}); the serial design "
+                                 f"needs {tried[serial_cycles]}")
         while chosen > 1.01 * low:
             mid = math.sqrt(low * chosen)
             if fits(fold(mid)[1]):
@@ -711,6 +733,28 @@ def first_differing_layer(folded, reference, x: np.ndarray) -> str:
     return f"the graph output {folded.graph.output[0].name} (no shared intermediate tensor differs)"
 
 
+def integer_outputs(graph, cfg, inputs: np.ndarray, label: str):
+    """``graph``'s integer outputs on NCHW ``inputs`` (fed NHWC), one slice at a time, each checked equal to the
+    streamlined graph's (``step_unet_channels_last``) tensor entering the host tail; :class:`UNetBuildError` naming
+    the first differing layer otherwise."""
+    from finn.core.onnx_exec import execute_onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    reference = ModelWrapper(str(Path(cfg.output_dir) / "intermediate_models" / "step_unet_channels_last.onnx"))
+    ref_in, ref_out = reference.graph.input[0].name, tail_input(reference)
+    for i, x in enumerate(inputs):
+        x = x[None].transpose(0, 2, 3, 1).astype(np.float32)  # NCHW slice -> the accelerator's NHWC
+        want = execute_onnx(reference, {ref_in: x}, return_full_exec_context=True)[ref_out]
+        got = execute_onnx(graph, {graph.graph.input[0].name: x})[graph.graph.output[0].name]
+        differing = int((got.reshape(want.shape) != want).sum())
+        if differing:
+            raise UNetBuildError(f"{label}: the integer output differs from the streamlined graph's on slice {i}: "
+                                 f"{differing} of {want.size} values; first differing layer: "
+                                 f"{first_differing_layer(graph, reference, x)}")
+        print(f"{label}: slice {i + 1}/{len(inputs)} equal", flush=True)
+        yield got
+
+
 def step_unet_verify_folded(model, cfg):
     """The folded accelerator graph's integer output, exactly as the streamlined graph computes it.
 
@@ -721,7 +765,6 @@ def step_unet_verify_folded(model, cfg):
     (``verification_output/folded_accelerator_output.npy``), the logits after the host tail
     (``folded_python_logits.npy``) and a summary (``folded_integer.json``).
     """
-    from finn.core.onnx_exec import execute_onnx
     from qonnx.core.modelwrapper import ModelWrapper
 
     if not cfg.verify_input_npy:
@@ -731,25 +774,12 @@ def step_unet_verify_folded(model, cfg):
     out_dir = Path(cfg.output_dir) / "verification_output"
     out_dir.mkdir(parents=True, exist_ok=True)
     models = Path(cfg.output_dir) / "intermediate_models"
-    reference = ModelWrapper(str(models / "step_unet_channels_last.onnx"))
-    ref_in, ref_out = reference.graph.input[0].name, tail_input(reference)
-    folded = python_view(model)
-    f_in, f_out = folded.graph.input[0].name, folded.graph.output[0].name
     dtype = model.get_tensor_datatype(model.graph.output[0].name)
     outputs = []
-    for i, x in enumerate(inputs):
-        x = x[None].transpose(0, 2, 3, 1).astype(np.float32)  # NCHW slice -> the accelerator's NHWC
-        want = execute_onnx(reference, {ref_in: x}, return_full_exec_context=True)[ref_out]
-        got = execute_onnx(folded, {f_in: x})[f_out]
-        differing = int((got.reshape(want.shape) != want).sum())
-        if differing:
-            raise UNetBuildError(f"the folded graph's integer output differs from the streamlined graph's on slice "
-                                 f"{i}: {differing} of {want.size} values; first differing layer: "
-                                 f"{first_differing_layer(folded, reference, x)}")
+    for i, got in enumerate(integer_outputs(python_view(model), cfg, inputs, "folded graph")):
         if not all(dtype.allowed(v) for v in np.unique(got)):
             raise UNetBuildError(f"slice {i}: accelerator output values outside its datatype {dtype.name}")
         outputs.append(got)
-        print(f"folded graph: slice {i + 1}/{len(inputs)} equal", flush=True)
     outputs = np.concatenate(outputs)
     parent = ModelWrapper(str(models / "dataflow_parent.onnx"))
     np.save(out_dir / "folded_accelerator_output.npy", outputs)
@@ -758,6 +788,44 @@ def step_unet_verify_folded(model, cfg):
                "datatype": dtype.name, "min": float(outputs.min()), "max": float(outputs.max()), "passed": True}
     (out_dir / "folded_integer.json").write_text(json.dumps(summary, indent=2))
     print(f"folded graph vs streamlined graph: {summary}", flush=True)
+    return model
+
+
+def cppsim_available() -> bool:
+    """Whether FINN's cppsim can compile here: ``HLS_PATH`` holds the HLS headers (Vitis', or the open ones
+    ``scripts/install_finn.sh`` sets up)."""
+    return (Path(os.environ.get("HLS_PATH", "/nonexistent")) / "include" / "ap_int.h").is_file()
+
+
+def step_unet_verify_cppsim(model, cfg):
+    """FINN's C++ simulation of every HLS layer (RTL layers run their Python model) on the first
+    ``unet_cppsim_slices`` verification slices, compared value for value with the streamlined graph.
+
+    Skipped (and said so) when ``unet_cppsim_slices`` is 0 or no HLS headers are found (:func:`cppsim_available`).
+    A layer whose C++ does not compile is named (FINN's ``CppBuilder`` ignores g++ failures). Writes
+    ``verification_output/folded_cppsim.json``; the graph goes on unchanged.
+    """
+    from finn.transformation.fpgadataflow.compile_cppsim import CompileCppSim
+    from finn.transformation.fpgadataflow.prepare_cppsim import PrepareCppSim
+    from finn.transformation.fpgadataflow.set_exec_mode import SetExecMode
+    from qonnx.custom_op.registry import getCustomOp
+
+    slices = int(getattr(cfg, "unet_cppsim_slices", 0))
+    if not slices or not cfg.verify_input_npy or not cppsim_available():
+        print(f"step_unet_verify_cppsim: skipped (unet_cppsim_slices {slices}, HLS headers "
+              f"{'found' if cppsim_available() else 'not found: set HLS_PATH'})")
+        return model
+    sim = model.transform(SetExecMode("cppsim")).transform(PrepareCppSim()).transform(CompileCppSim())
+    hls = [n for n in sim.graph.node if n.op_type.endswith("_hls")]
+    for node in hls:
+        if not Path(getCustomOp(node).get_nodeattr("executable_path") or "/nonexistent").is_file():
+            raise UNetBuildError(f"cppsim: the C++ of {node.name} ({node.op_type}) did not compile (see "
+                                 f"{getCustomOp(node).get_nodeattr('code_gen_dir_cppsim')}/compile.sh)")
+    inputs = np.load(cfg.verify_input_npy)[:slices]
+    for _ in integer_outputs(sim, cfg, inputs, "cppsim"):
+        pass
+    summary = {"slices": len(inputs), "hls_layers": len(hls), "differing_values": 0, "passed": True}
+    (Path(cfg.output_dir) / "verification_output" / "folded_cppsim.json").write_text(json.dumps(summary, indent=2))
     return model
 
 
@@ -774,6 +842,7 @@ UNET_STEPS = [
     "step_minimize_bit_width",
     "step_transpose_decomposition",
     step_unet_verify_folded,
+    step_unet_verify_cppsim,
     step_unet_fifo_depths,
     step_unet_host_tail,
     "step_generate_estimate_reports",
@@ -817,6 +886,7 @@ def load_config(path: Path):
     resolve_part(cfg.board, None if cfg.board else cfg.fpga_part)
     if not cfg.folding_config_file:
         part_resources(cfg._resolve_fpga_part())
+    cfg.unet_cppsim_slices = int(json.loads(path.read_text()).get("unet_cppsim_slices", 0))  # not a FINN key
     cfg.enable_build_pdb_debug = False  # a failing build must exit, not wait in pdb
     cfg.save_intermediate_models = True  # the verification executes the saved parent model
     return cfg

@@ -2,8 +2,9 @@
 
 FINN needs other pins than this package (onnx 1.17, bitstring 4, qonnx from its own commit), so it runs in a
 process of its own. A toolchain folder holds ``finn/`` (``FINN_ROOT``, qonnx in ``finn/deps/qonnx``) and
-``venv/`` (a Python with FINN on its path), as ``scripts/install_finn.sh`` makes it; found from an explicit
-folder or the ``FINN_TOOLCHAIN`` environment variable.
+``venv/`` (a Python with FINN on its path), and optionally ``hls/``: open-source HLS headers for FINN's cppsim
+(``HLS_PATH``), as ``scripts/install_finn.sh`` makes it; found from an explicit folder or the ``FINN_TOOLCHAIN``
+environment variable.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ class FinnToolchain:
 
     finn_root: Path
     python: Path
+    hls_path: Path | None = None  # open-source HLS headers: cppsim without Vitis
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> FinnToolchain:
         """The toolchain in ``folder`` (``finn/``, ``venv/``); ``FileNotFoundError`` naming what is missing."""
         folder = Path(folder).expanduser().resolve()
-        toolchain = cls(folder / "finn", folder / "venv" / "bin" / "python")
+        hls = folder / "hls"
+        toolchain = cls(folder / "finn", folder / "venv" / "bin" / "python",
+                        hls if (hls / "installed").is_file() else None)
         for path in (toolchain.finn_root / "src" / "finn" / "builder", toolchain.python):
             if not path.exists():
                 raise FileNotFoundError(f"FINN toolchain {folder}: {path} is missing (make it with "
@@ -48,6 +52,14 @@ class FinnToolchain:
         folder = folder or os.environ.get(TOOLCHAIN_ENV)
         return cls.from_folder(folder) if folder else None
 
+    def environment(self) -> dict[str, str]:
+        """``FINN_ROOT``, and with the open HLS headers ``HLS_PATH`` plus the ``XILINX_VIVADO`` whose version FINN's
+        cppsim compile parses (any path naming a release before 2024.2 makes it use ``HLS_PATH``; no Vivado runs)."""
+        env = {"FINN_ROOT": str(self.finn_root)}
+        if self.hls_path:
+            env.update(HLS_PATH=str(self.hls_path), XILINX_VIVADO=str(self.hls_path / "no-vivado-2022.2"))
+        return env
+
     def run_build(self, finn_dir: str | Path, steps_until: str | None = "step_hw_codegen",
                   log: Callable[[str], None] | None = print, timeout: float | None = None) -> dict:
         """Run ``build.py`` of ``finn_dir`` up to ``steps_until`` (``None``: every step; Vivado from
@@ -57,7 +69,7 @@ class FinnToolchain:
         if not (finn_dir / "build.py").is_file():
             raise FileNotFoundError(f"{finn_dir} is not a FINN build folder (no build.py)")
         cmd = [str(self.python), "build.py"] + (["--steps-until", steps_until] if steps_until else [])
-        env = {**os.environ, "FINN_ROOT": str(self.finn_root), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.environment(), "PYTHONUNBUFFERED": "1"}
         with subprocess.Popen(cmd, cwd=finn_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) as proc:
             lines = []
