@@ -5,6 +5,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from conftest import REPO
 
 
@@ -28,3 +30,41 @@ def test_wheel_holds_what_bundles_and_app_import(tmp_path):
     for module in modules:
         base = module.replace(".", "/")
         assert f"{base}.py" in names or f"{base}/__init__.py" in names, f"{module} is imported but not in {wheel.name}"
+
+
+@pytest.mark.slow
+def test_wheel_in_a_fresh_venv_runs_the_bundle_outside_the_repository(tmp_path):
+    """``pip install <wheel>`` (with the constraints file) in a new virtualenv is all a MONAI user needs: the
+    bundle's documented inference command runs from a copy of the bundle folder outside the repository and
+    writes the same mask as the repository's environment."""
+    import shutil
+
+    import numpy as np
+    import nibabel as nib
+
+    from monai_quantunet.data import make_synthetic_dataset
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(REPO)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("monai_quantunet-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), str(wheel)],
+                   check=True, timeout=1800)
+    bundle = tmp_path / "elsewhere" / "quantunet_brain_tumor_seg"
+    shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg", bundle,
+                    ignore=shutil.ignore_patterns("runs", "eval", "data", "export"))
+    make_synthetic_dataset(tmp_path / "volumes", num_cases=1, shape=(64, 64, 8))
+    images = sorted((tmp_path / "volumes").rglob("*.nii.gz"))
+    image_dir = images[0].parent
+    masks = {}
+    for name, exe in (("wheel", python), ("repo", sys.executable)):
+        out = tmp_path / f"masks_{name}"
+        subprocess.run([str(exe), "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                        "--dataset_dir", str(image_dir), "--output_dir", str(out)],
+                       cwd=bundle, check=True, timeout=900, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        masks[name] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*_seg.nii.gz"))}
+    assert masks["wheel"] and masks["wheel"].keys() == masks["repo"].keys()
+    for key in masks["wheel"]:
+        np.testing.assert_array_equal(masks["wheel"][key], masks["repo"][key])

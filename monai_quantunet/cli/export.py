@@ -1,7 +1,8 @@
 """``python -m monai_quantunet export``: a checkpoint -> QONNX, FINN build folder, QCDQ ONNX, cost report;
 ``python -m monai_quantunet finn-build``: run a FINN build folder with a FINN toolchain.
 
-The network comes from a bundle config's ``network_def`` (default: the bundle's ``configs/inference.json``),
+The network comes from a bundle config's ``network_def`` (default: ``configs/inference.json`` of ``--bundle-root``,
+else of the bundle found from the working directory),
 the example slices from the dataset's validation split (``--dataset-dir``, else the config's
 ``dataset_dir``), or synthetic volumes when no datalist is found; with the config's ``context_slices`` (2.5D)
 neighbouring slices as channels. With a FINN toolchain (``--finn`` or
@@ -31,8 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         return
     parser.add_argument("--checkpoint", required=True, help="state_dict checkpoint (.pt) of the network")
     parser.add_argument("--out", required=True, help="export folder to create")
-    parser.add_argument("--config_file", default=None,
-                        help="bundle config holding network_def (default: the bundle's configs/inference.json)")
+    parser.add_argument("--bundle-root", "--bundle_root", dest="bundle_root", default=None,
+                        help="the bundle folder, as the bundle commands take it (default: found from the working directory)")
+    parser.add_argument("--config-file", "--config_file", dest="config_file", default=None,
+                        help="bundle config holding network_def (default: <bundle>/configs/inference.json)")
     parser.add_argument("--dataset-dir", default=None, help="dataset folder with dataset.json for example slices")
     parser.add_argument("--num-slices", type=int, default=4, help="example slices used for verification")
     parser.add_argument("--whole-volume", action="store_true",
@@ -67,7 +70,7 @@ def export(args: argparse.Namespace) -> int:
     from monai_quantunet.checkpoint import load_checkpoint
     from monai_quantunet.export.core import example_slices, export_model
 
-    config_file = args.config_file or str(Path(find_bundle_root()) / "configs" / "inference.json")
+    config_file = args.config_file or str(Path(args.bundle_root or find_bundle_root()) / "configs" / "inference.json")
     network, parser = network_from_config(config_file)
     load_checkpoint(network, args.checkpoint)  # fail fast, before reading volumes
     spatial_size = parser.get_parsed_content("spatial_size") if "spatial_size" in parser.get() else (128, 128)
