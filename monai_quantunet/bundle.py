@@ -7,7 +7,6 @@ settings of ``configs/train.json``. Both serve the MONAI Label app, the export C
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch.nn as nn
@@ -19,8 +18,9 @@ BUNDLE_NAME = "quantunet_brain_tumor_seg"
 
 
 def _is_bundle(path: Path, name: str) -> bool:
-    meta = path / "configs" / "metadata.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("name") == name
+    """``path`` is the bundle folder ``name`` (the bundle's id: its folder name; ``metadata.json``'s ``name`` is
+    the display name)."""
+    return path.name == name and (path / "configs" / "metadata.json").is_file()
 
 
 def find_bundle_root(name: str = BUNDLE_NAME) -> str:
