@@ -10,7 +10,7 @@ from conftest import REPO
 
 pytest.importorskip("monailabel")
 sys.path.insert(0, str(REPO / "slicer_app"))
-from lib.trainers.base import holdout_split, publish_decision  # noqa: E402
+from lib.trainers.publishing import holdout_split, publish_decision  # noqa: E402
 
 
 def _items(n):

@@ -30,7 +30,6 @@ import filecmp
 import json
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
