@@ -156,15 +156,16 @@ def cv_block(results_dir: Path, images: Path) -> str:
     folds = json.loads((results_dir / "folds.json").read_text())
     budgets = sorted({(run_overrides(r["run"])["quantization"] == "float", r["overrides"]["max_epochs"],
                        r["overrides"]["samples_per_epoch"]) for r in runs})
-    settings = "; ".join(f"{'float twin from random weights' if is_float else 'quantized arms from the fold’s float twin'}: "
-                         f"{e} epochs x {n} slices" for is_float, e, n in budgets)
+    settings = "; ".join(("float twin from random weights" if is_float else "quantized arms from the fold's float twin")
+                         + f": {e} epochs x {n} slices" for is_float, e, n in sorted(budgets, reverse=True))
     wall = sum(r["wall_seconds"] + r["evaluation_seconds"] for r in runs) / 3600
     images.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results_dir / "cv.png", images / "sweep_cv.png")
     return "\n".join([
-        f"Machine: {'; '.join(sorted({describe(r['machine']) for r in runs}))}. {len(folds['folds'])} patient-level folds "
-        f"({folds['rule']}); {settings}; batch 16, cosine learning rate, the last epoch's weights (nothing selected on "
-        f"held-out patients); {len(runs)} runs, {wall:.1f} h of training and evaluation wall time. Commands:",
+        f"Machine: {'; '.join(sorted({describe(r['machine']) for r in runs}))}. {len(folds['folds'])} patient-level folds: "
+        f"{folds['rule'].replace('``', '`')} {settings[:1].upper() + settings[1:]}; batch 16, cosine learning rate, the last epoch's weights "
+        f"(nothing selected on held-out patients); {len(runs)} runs, {wall:.1f} h of training and evaluation wall time. "
+        "Commands:",
         "",
         "```bash\n" + "\n".join(dict.fromkeys(r["command"] for r in runs)) + "\n```",
         "",
