@@ -1,4 +1,4 @@
-"""Write the benchmark results into the README and the bundle docs (the numbers are never typed by hand).
+"""Write the benchmark results into the bundle docs and the README (the numbers are never typed by hand).
 
 Reads a ``train_sweep.py`` results folder, ``cost.py`` JSONs (one per machine) and the evaluations of the shipped
 models, rewrites the blocks between ``<!-- BEGIN generated: NAME ... -->`` and ``<!-- END generated: NAME -->``
@@ -10,7 +10,8 @@ markers, and copies the figures to the bundle's ``docs/images``:
         "shipped: learned (λ=0.25, from 4 bits)=benchmarks/results/sweep/learned_0.25_init4/seed0/summary.json"
     python benchmarks/update_docs.py --cv benchmarks/results/sweep_cv   # after train_sweep.py --preset cv
 
-Each of ``--sweep``, ``--cost``, ``--shipped``, ``--cv`` rewrites only its own blocks.
+Each of ``--sweep``, ``--cost``, ``--shipped``, ``--cv`` rewrites only its own blocks. Results live in the bundle
+docs; the README carries only the table of the shipped models (``--shipped``).
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def findings(results: dict, chosen: str) -> list[str]:
     return out
 
 
-def sweep_block(results_dir: Path, chosen: str, images: Path) -> tuple[str, str]:
-    """(bundle-docs block, README block) from a train_sweep results folder (``report`` already run); copies its
-    figures to ``images``."""
+def sweep_block(results_dir: Path, chosen: str, images: Path) -> str:
+    """The bundle-docs block of a train_sweep results folder (``report`` already run); copies its figures to
+    ``images``."""
     found = collect(results_dir)
     rows = [(name, next(iter(seeds.values()))["summary"]) for name, seeds in found.items()]
     seeds_md, _ = seed_table(found)
@@ -146,7 +147,7 @@ def sweep_block(results_dir: Path, chosen: str, images: Path) -> tuple[str, str]
            "lime), written by the bundle evaluation:", "", f"![{chosen}: best, median, worst](images/sweep_overlays.png)"]
           if chosen in found else []),
     ])
-    return docs, main
+    return docs
 
 
 def cv_block(results_dir: Path, images: Path) -> str:
@@ -202,13 +203,13 @@ def main(argv: list[str] | None = None) -> None:
     docs_dir, readme = Path(args.bundle_docs), Path(args.readme)
     docs_blocks, readme_blocks = {}, {}  # only the blocks whose inputs are given are rewritten
     if args.sweep:
-        docs_blocks["sweep"], readme_blocks["sweep"] = sweep_block(Path(args.sweep), args.chosen, docs_dir / "images")
+        docs_blocks["sweep"] = sweep_block(Path(args.sweep), args.chosen, docs_dir / "images")
     if args.cost:
         docs_blocks["cost"] = cost_block([json.loads(Path(path).read_text()) for path in args.cost])
     if args.shipped:
         docs_blocks["shipped"] = readme_blocks["shipped"] = table([load(spec) for spec in args.shipped])
     if args.cv:
-        docs_blocks["cv"] = readme_blocks["cv"] = cv_block(Path(args.cv), docs_dir / "images")
+        docs_blocks["cv"] = cv_block(Path(args.cv), docs_dir / "images")
     if not docs_blocks:
         parser.error("give at least one of --sweep, --cost, --shipped, --cv")
     docs_path = docs_dir / "README.md"
@@ -216,10 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, content in docs_blocks.items():
         docs = replace_block(docs, name, content, str(docs_path))
     docs_path.write_text(docs)
-    text = readme.read_text()
-    for name, content in readme_blocks.items():
-        text = replace_block(text, name, content, str(readme))
-    readme.write_text(text)
+    if readme_blocks:
+        text = readme.read_text()
+        for name, content in readme_blocks.items():
+            text = replace_block(text, name, content, str(readme))
+        readme.write_text(text)
     print(f"updated {docs_path} and {readme}", file=sys.stderr)
 
 
