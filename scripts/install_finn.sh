@@ -98,12 +98,15 @@ template <int D> struct qdma_axis<D, 0, 0, 0> {
 };
 EOF
     cat > "$hls/include/hls_vector.h" <<'EOF'
-// hls::vector for C simulation: a fixed-size array (written by install_finn.sh)
+// hls::vector for C simulation: a fixed-size array, default or broadcast constructed (written by install_finn.sh)
 #pragma once
 #include <array>
 #include <cstddef>
 namespace hls {
-template <typename T, std::size_t N> struct vector : std::array<T, N> {};
+template <typename T, std::size_t N> struct vector : std::array<T, N> {
+    vector() = default;
+    vector(T const &value) { this->fill(value); }
+};
 }  // namespace hls
 EOF
     local lib

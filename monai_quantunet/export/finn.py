@@ -148,6 +148,7 @@ What the steps leave in `output/`:
 | `report/fifo_depths.json` | every FIFO: producer, consumer, words, depth, memory; interval, latency; resources of the final graph |
 | `report/estimate_*.json` | FINN's own estimate reports (cycles and resources per layer; its FIFO figures are not used, below) |
 | `verification_output/folded_integer.json` | the folded graph's integer output against the streamlined graph's |
+| `verification_output/folded_cppsim.json` | the same in FINN's cppsim of the HLS layers (where HLS headers exist) |
 | `host_tail.json` | the accelerator's input/output datatypes as the final graph has them and the host's operations (below) |
 | `codegen/` | generated HLS/RTL code (unless `FINN_BUILD_DIR` is set) |
 
@@ -162,6 +163,11 @@ within it (`target_met: false` in the folding report).
 streamlined graph before any hardware conversion (`step_unet_channels_last`) on every slice of `input.npy`, and
 compares the accelerator's integer output with the streamlined graph's value for value: one differing value fails
 the build, naming the first layer whose output differs. Width converters and FIFOs pass data through unchanged.
+`step_unet_verify_cppsim` does the same with FINN's C++ simulation of every HLS layer (the generated C++ itself,
+compiled with g++) on the first `unet_cppsim_slices` slices ({cfg['unet_cppsim_slices']} here) where HLS headers are
+found under `HLS_PATH`: Vitis', or the open-source ones the project's `scripts/install_finn.sh` sets up (which
+also sets `XILINX_VIVADO` to a path naming a release before 2024.2: FINN's cppsim compile reads that version).
+Every HLS layer compiles for a few seconds to half a minute; 0 turns it off.
 
 ## FIFOs: two ways to size them
 
