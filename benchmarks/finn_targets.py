@@ -139,9 +139,10 @@ def markdown(results: dict) -> str:
         memory = ", ".join(f"{v} {k}" for k, v in s["memory"].items() if v)
         lines.append(f"| {level} | {s['max_pixels']:,} | {bound:,} | {s['depth']:,} | {s['bits']} | {memory} |")
     v, exact = results["verification"], results["integer_verification"]
-    lines += ["", f"Default export (Pynq-Z1, 30 slices/s) built to `step_hw_codegen` in {results['codegen_minutes']:.1f} "
-              f"min, every layer a FINN hardware layer ({results['hw_layers']} nodes with width converters and FIFOs; "
-              f"host: {' → '.join(results['host_ops'])}). On {v['num_slices']} slices ({results['verification_source']}) "
+    lines += ["", "Default export (Pynq-Z1, 30 slices/s) built to `step_hw_codegen` in "
+              f"{results['codegen_minutes']:.1f} min, every layer a FINN hardware layer ({results['hw_layers']} nodes with width converters and FIFOs; "
+              f"host: {' → '.join(results['host_ops'])}). On {v['num_slices']} slices "
+              f"({results['verification_source']}) "
               f"the folded graph's {exact['datatype']} output differs from the streamlined graph's in "
               f"{exact['differing_values']} of {exact['values']:,} values; its logits vs PyTorch: max |difference| "
               f"{v['max_abs_diff']:.2g}, {v['mask_pixels_differing']} mask pixels differ of {v['pixels']:,}."]

@@ -107,7 +107,8 @@ def test_dependencies():
 
 
 def test_dependency_cycle_names_the_fifos():
-    nodes = [node("a", ["in", "ba"], ["ab"], elementwise(4), 4, 4), node("b", ["ab"], ["ba", "out"], elementwise(4), 4, 4)]
+    nodes = [node("a", ["in", "ba"], ["ab"], elementwise(4), 4, 4),
+             node("b", ["ab"], ["ba", "out"], elementwise(4), 4, 4)]
     with pytest.raises(FifoModelError, match=r"dependency cycle: FIFO\(s\) \['ab', 'ba'\]"):
         simulate(nodes)
 

@@ -566,8 +566,8 @@ def fold_for_target(model, target_cycles: float, part: str, design: Callable[[ob
             else:
                 low = cycles
         if chosen is None:
-            raise UNetBuildError(f"no folding fits {max_utilization:.0%} of {part} (budget {budget}); the serial design "
-                                 f"needs {tried[serial_cycles]}")
+            raise UNetBuildError(f"no folding fits {max_utilization:.0%} of {part} (budget {budget}); the serial "
+                                 f"design needs {tried[serial_cycles]}")
         while chosen > 1.01 * low:
             mid = math.sqrt(low * chosen)
             if fits(fold(mid)[1]):
