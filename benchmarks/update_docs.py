@@ -11,7 +11,8 @@ markers, and copies the figures to the bundle's ``docs/images``:
     python benchmarks/update_docs.py --cv benchmarks/results/sweep_cv   # after train_sweep.py --preset cv
 
 Each of ``--sweep``, ``--cost``, ``--shipped``, ``--cv`` rewrites only its own blocks. Results live in the bundle
-docs; the README carries only the table of the shipped models (``--shipped``).
+docs; the README carries only the table of the shipped models (``--shipped``), whose ``shipped...`` row also
+writes ``eval_metrics`` of the bundle's ``configs/metadata.json``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,24 @@ def findings(results: dict, chosen: str) -> list[str]:
         out.append("Mean weight bits by λ (at the best validation epoch): " + ", ".join(
             f"`{n}` → {learned[n]['bits']['mean_weight_bits']:.2f} (Dice {learned[n]['dice']['mean']:.3f})" for _, n in lam) + ".")
     return out
+
+
+def write_eval_metrics(metadata_path: Path, shipped: list[tuple[str, dict]]) -> None:
+    """``eval_metrics`` of the bundle's ``metadata.json`` from the evaluation of the shipped model (the ``--shipped``
+    row whose name starts with ``shipped``)."""
+    name, summary = next(((n, s) for n, s in shipped if n.startswith("shipped")), (None, None))
+    if summary is None:
+        raise ValueError("--shipped: no row named 'shipped...' (the model in models/model.pt) for metadata.json")
+    meta = json.loads(metadata_path.read_text())
+    bits = summary["bits"]
+    meta["eval_metrics"] = {
+        "mean_dice": round(summary["dice"]["mean"], 4),
+        "pixel_accuracy": round(summary["accuracy"]["mean"], 4),
+        "mean_weight_bits": round(bits["mean_weight_bits"], 2),
+        "size_weighted_weight_bits": round(bits["size_weighted_weight_bits"], 2),
+        "mean_activation_bits": round(bits["mean_activation_bits"], 2),
+    }
+    metadata_path.write_text(json.dumps(meta, indent=4, ensure_ascii=False) + "\n")
 
 
 def sweep_block(results_dir: Path, chosen: str, images: Path) -> str:
@@ -207,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.cost:
         docs_blocks["cost"] = cost_block([json.loads(Path(path).read_text()) for path in args.cost])
     if args.shipped:
-        docs_blocks["shipped"] = readme_blocks["shipped"] = table([load(spec) for spec in args.shipped])
+        shipped = [load(spec) for spec in args.shipped]
+        docs_blocks["shipped"] = readme_blocks["shipped"] = table(shipped)
+        write_eval_metrics(docs_dir.parent / "configs" / "metadata.json", shipped)
     if args.cv:
         docs_blocks["cv"] = cv_block(Path(args.cv), docs_dir / "images")
     if not docs_blocks:

@@ -131,16 +131,19 @@ def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
     check = cost["qcdq_vs_fake_quant"]
     assert check["max_abs_logit_diff"] <= 1e-4 * check["max_abs_logit"]
 
-    docs = tmp_path / "docs"
+    docs = tmp_path / "bundle" / "docs"
     shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs", docs)
+    shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg" / "configs", docs.parent / "configs")
     readme = tmp_path / "README.md"
     shutil.copyfile(REPO / "README.md", readme)
     update_docs.main(["--sweep", str(results_dir), "--cost", str(cost_json), "--readme", str(readme), "--bundle-docs",
                       str(docs), "--shipped", f"float={results_dir / 'float' / 'seed0' / 'summary.json'}",
-                      f"my model={results_dir / 'learned_0.25_init4' / 'seed0' / 'summary.json'}"])
+                      f"shipped: my model={results_dir / 'learned_0.25_init4' / 'seed0' / 'summary.json'}"])
     text = (docs / "README.md").read_text()
-    assert text.count("| my model |") == 1 and readme.read_text().count("| my model |") == 1
+    assert text.count("| shipped: my model |") == 1 and readme.read_text().count("| shipped: my model |") == 1
     dice = results["learned@0.25:init4"]["dice"]
+    metrics = json.loads((docs.parent / "configs" / "metadata.json").read_text())["eval_metrics"]
+    assert metrics["mean_dice"] == round(dice["mean"], 4)
     assert f"| learned@0.25:init4 | {dice['mean']:.4f} ({dice['std']:.3f}) |" in text
     assert f"| float twin | {cost['training']['models']['float twin']['seconds_per_epoch']:.1f} | 1.00 |" in text
     assert (docs / "images" / "sweep_widths_by_lambda.png").is_file() and (docs / "images" / "sweep_curves.png").is_file()
