@@ -9,6 +9,7 @@ markers, and copies the figures to the bundle's ``docs/images``:
         "fixed 4-bit=benchmarks/results/sweep/fixed4/seed0/summary.json" \
         "shipped: learned (λ=0.25, from 4 bits)=benchmarks/results/sweep/learned_0.25_init4/seed0/summary.json"
     python benchmarks/update_docs.py --cv benchmarks/results/sweep_cv   # after train_sweep.py --preset cv
+    python benchmarks/update_docs.py --click-robot benchmarks/results/click_robot.json --finetune benchmarks/results/finetune.json
 
 Each of ``--sweep``, ``--cost``, ``--shipped``, ``--cv`` rewrites only its own blocks. Results live in the bundle
 docs; the README carries only the table of the shipped models (``--shipped``), whose ``shipped...`` row also
@@ -24,12 +25,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import click_robot
+import finetune
 from cost import markdown_tables
 from machine import describe
 from results_table import PAPER, load, paired_difference, table
 from train_sweep import collect, plateau_table, run_dir, run_overrides, seed_table, training_time_table
 
 REPO = Path(__file__).resolve().parents[1]
+INTERACTIVE_DOCS = REPO / "bundles" / "quantunet_interactive_tumor_seg" / "docs" / "README.md"
+APP_README = REPO / "slicer_app" / "README.md"
 BUNDLE_DOCS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs"
 README = REPO / "README.md"
 
@@ -91,6 +96,27 @@ def findings(results: dict, chosen: str) -> list[str]:
         out.append("Mean weight bits by λ (at the best validation epoch): " + ", ".join(
             f"`{n}` → {learned[n]['bits']['mean_weight_bits']:.2f} (Dice {learned[n]['dice']['mean']:.3f})" for _, n in lam) + ".")
     return out
+
+
+def click_robot_block(result: dict) -> str:
+    """The robot-user table and targets of ``benchmarks/click_robot.py``, and the mean Dice after each click."""
+    curve = " → ".join(f"{d:.3f}" for d in result["models"]["new"]["mean_dice"])
+    return click_robot.markdown_table(result) + f"\n\nMean Dice per click (auto, 1..{result['clicks']}): {curve}."
+
+
+def write_click_metrics(metadata_path: Path, result: dict) -> None:
+    """The robot user's numbers in the interactive bundle's ``metadata.json`` ``eval_metrics`` (other entries kept)."""
+    meta = json.loads(metadata_path.read_text())
+    new = result["models"]["new"]
+    dice = new["mean_dice"]
+    meta["eval_metrics"] = {**meta.get("eval_metrics", {}), "mean_dice_auto": round(dice[0], 4),
+                            **{f"mean_dice_{n}_click{'s' if n > 1 else ''}": round(dice[n], 4) for n in (1, 5, 10) if n < len(dice)},
+                            "noc85": round(new["noc85"], 2), "noc90": round(new["noc90"], 2)}
+    metadata_path.write_text(json.dumps(meta, indent=4, ensure_ascii=False) + "\n")
+
+
+def write_block(path: Path, name: str, content: str) -> None:
+    path.write_text(replace_block(path.read_text(), name, content, str(path)))
 
 
 def write_eval_metrics(metadata_path: Path, shipped: list[tuple[str, dict]]) -> None:
@@ -215,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shipped", nargs="+", default=None, metavar="NAME=SUMMARY_JSON",
                         help="evaluations of the shipped models (bundle evaluate.json's summary.json), in table order")
     parser.add_argument("--cv", default=None, help="train_sweep.py --folds results folder (e.g. benchmarks/results/sweep_cv)")
+    parser.add_argument("--click-robot", default=None, help="click_robot.py JSON (-> the interactive bundle docs)")
+    parser.add_argument("--finetune", default=None, help="finetune.py JSON (-> slicer_app/README.md)")
+    parser.add_argument("--interactive-docs", default=str(INTERACTIVE_DOCS), help="the interactive bundle's docs README")
+    parser.add_argument("--app-readme", default=str(APP_README), help="the MONAI Label app's README")
     parser.add_argument("--chosen", default="learned@0.25:init4", help="learned run whose widths are shown")
     parser.add_argument("--readme", default=str(README), help="top-level README to update")
     parser.add_argument("--bundle-docs", default=str(BUNDLE_DOCS), help="bundle docs folder (README.md, images/)")
@@ -231,8 +261,17 @@ def main(argv: list[str] | None = None) -> None:
         write_eval_metrics(docs_dir.parent / "configs" / "metadata.json", shipped)
     if args.cv:
         docs_blocks["cv"] = cv_block(Path(args.cv), docs_dir / "images")
+    if args.click_robot:
+        result = json.loads(Path(args.click_robot).read_text())
+        interactive_docs = Path(args.interactive_docs)
+        write_block(interactive_docs, "click_robot", click_robot_block(result))
+        write_click_metrics(interactive_docs.parent.parent / "configs" / "metadata.json", result)
+    if args.finetune:
+        write_block(Path(args.app_readme), "finetune", finetune.table(json.loads(Path(args.finetune).read_text())))
     if not docs_blocks:
-        parser.error("give at least one of --sweep, --cost, --shipped, --cv")
+        if args.click_robot or args.finetune:
+            return
+        parser.error("give at least one of --sweep, --cost, --shipped, --cv, --click-robot, --finetune")
     docs_path = docs_dir / "README.md"
     docs = docs_path.read_text()
     for name, content in docs_blocks.items():

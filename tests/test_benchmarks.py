@@ -149,3 +149,19 @@ def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
     assert (docs / "images" / "sweep_widths_by_lambda.png").is_file() and (docs / "images" / "sweep_curves.png").is_file()
     assert "| learned@0.25:init4 − fixed4 |" in text
     assert f"{dice['mean']:.4f}" in readme.read_text()
+
+
+def test_click_robot_and_finetune_tables_are_generated(tmp_path):
+    """The robot-user and fine-tuning tables (and the interactive bundle's eval_metrics) are written from the
+    committed results, never typed: regenerating them from benchmarks/results changes nothing."""
+    bundle = tmp_path / "quantunet_interactive_tumor_seg"
+    shutil.copytree(REPO / "bundles" / "quantunet_interactive_tumor_seg" / "docs", bundle / "docs")
+    shutil.copytree(REPO / "bundles" / "quantunet_interactive_tumor_seg" / "configs", bundle / "configs")
+    app_readme = tmp_path / "app_README.md"
+    shutil.copyfile(REPO / "slicer_app" / "README.md", app_readme)
+    update_docs.main(["--click-robot", str(REPO / "benchmarks" / "results" / "click_robot.json"),
+                      "--finetune", str(REPO / "benchmarks" / "results" / "finetune.json"),
+                      "--interactive-docs", str(bundle / "docs" / "README.md"), "--app-readme", str(app_readme)])
+    assert (bundle / "docs" / "README.md").read_text() == (REPO / "bundles" / "quantunet_interactive_tumor_seg" / "docs" / "README.md").read_text()
+    assert app_readme.read_text() == (REPO / "slicer_app" / "README.md").read_text()
+    assert (bundle / "configs" / "metadata.json").read_text() == (REPO / "bundles" / "quantunet_interactive_tumor_seg" / "configs" / "metadata.json").read_text()
