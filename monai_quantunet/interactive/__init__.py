@@ -28,6 +28,7 @@ from monai_quantunet.interactive.guidance import (
     LocalityGated,
     example_inputs,
     ReachLimitedNetwork,
+    directional_gate,
     locality_gate,
     refine_files,
     refine_volume,
@@ -42,7 +43,6 @@ from monai_quantunet.interactive.training import (
     InteractiveSliceDataset,
     RandPerturbMaskd,
     expand_input_channels,
-    directional_gate,
     segment_grid_volume,
     slice_transforms,
 )
@@ -50,8 +50,9 @@ from monai_quantunet.interactive.training import (
 __all__ = [
     "DEFAULT_SIGMA", "DEFAULT_SLICE_WEIGHTS", "REACH_RADIUS", "REACH_SLICES", "INPUT_CHANNELS", "CLICK_CORE_RADIUS", "ClickError",
     "click_maps_3d", "deepest_point", "gaussian_disc", "map_clicks", "parse_clicks", "reach_mask", "robot_click",
-    "AddInteractionGuidanced", "LocalityGated", "ReachLimitedNetwork", "locality_gate", "refine_volume", "refine_files", "example_inputs",
+    "AddInteractionGuidanced", "LocalityGated", "ReachLimitedNetwork", "directional_gate", "locality_gate", "refine_volume",
+    "refine_files", "example_inputs",
     "AddAutoMaskd", "AddRobotClicksd", "ClickRefinementInferer", "ClickSimulation", "GateByReachd",
     "InteractionInputsd", "InteractiveSliceDataset", "RandPerturbMaskd", "expand_input_channels",
-    "segment_grid_volume", "slice_transforms", "directional_gate",
+    "segment_grid_volume", "slice_transforms",
 ]

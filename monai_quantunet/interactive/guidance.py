@@ -43,6 +43,7 @@ __all__ = [
     "AddInteractionGuidanced",
     "ReachLimitedNetwork",
     "locality_gate",
+    "directional_gate",
     "LocalityGated",
     "refine_volume",
     "refine_files",
@@ -184,11 +185,7 @@ def locality_gate(
         pts[..., a] = m[a, 0] * i[:, None, None] + m[a, 1] * j[None, :, None] + m[a, 2] * k[None, None, :] + m[a, 3]
     reach_fg = reach_mask(pts, foreground, radius, slices)
     reach_bg = reach_mask(pts, background, radius, slices)
-    gated = current.copy()
-    only_fg, only_bg, both = reach_fg & ~reach_bg, reach_bg & ~reach_fg, reach_fg & reach_bg
-    gated[only_fg] |= refined[only_fg]
-    gated[only_bg] &= refined[only_bg]
-    gated[both] = refined[both]
+    gated = directional_gate(refined, current, reach_fg, reach_bg)
     # the clicked voxel takes the click's label (its slice, within CLICK_CORE_RADIUS pixels of the grid)
     core_fg = reach_mask(pts, foreground, CLICK_CORE_RADIUS, 0)
     core_bg = reach_mask(pts, background, CLICK_CORE_RADIUS, 0)
@@ -198,6 +195,15 @@ def locality_gate(
     added = _connected_to(gated & ~current, core_fg)
     removed = _connected_to(current & ~gated, core_bg)
     return (current | added) & ~removed, reach_fg | reach_bg
+
+
+def directional_gate(refined, current, reach_fg, reach_bg):
+    """The direction rule of :func:`locality_gate` (and of the click simulation in training), on boolean numpy
+    arrays or torch tensors of one shape: the current mask beyond the reach, ``current | refined`` within
+    foreground reach only, ``current & refined`` within background reach only, ``refined`` within both."""
+    only_fg, only_bg, both = reach_fg & ~reach_bg, reach_bg & ~reach_fg, reach_fg & reach_bg
+    beyond = ~(reach_fg | reach_bg)
+    return (beyond & current) | (only_fg & (current | refined)) | (only_bg & current & refined) | (both & refined)
 
 
 def _connected_to(change: np.ndarray, seeds: np.ndarray) -> np.ndarray:

@@ -30,13 +30,12 @@ from monai_quantunet.interactive.clicks import (
     DEFAULT_SIGMA,
     DEFAULT_SLICE_WEIGHTS,
     REACH_RADIUS,
-    REACH_SLICES,
     click_maps_3d,
     gaussian_disc,
     reach_mask,
     robot_click,
 )
-from monai_quantunet.interactive.guidance import INPUT_CHANNELS, KEEP_LOGIT, ReachLimitedNetwork
+from monai_quantunet.interactive.guidance import INPUT_CHANNELS, KEEP_LOGIT, ReachLimitedNetwork, directional_gate
 
 __all__ = [
     "expand_input_channels",
@@ -50,7 +49,6 @@ __all__ = [
     "GateByReachd",
     "ClickRefinementInferer",
     "slice_transforms",
-    "directional_gate",
 ]
 
 
@@ -221,19 +219,6 @@ class InteractionInputsd(MapTransform):
         mask = (torch.as_tensor(d.pop(self.mask_key)).float() > 0.5).float()
         d[self.image_key] = torch.cat([image, mask, torch.zeros((2, *image.shape[1:]))], dim=0)
         return d
-
-
-def directional_gate(refined: torch.Tensor, current: torch.Tensor, reach_fg: torch.Tensor,
-                     reach_bg: torch.Tensor) -> torch.Tensor:
-    """The rule of :func:`~.guidance.locality_gate` on boolean tensors of one shape: the current mask beyond the
-    reach, ``current | refined`` within foreground reach only, ``current & refined`` within background reach
-    only, ``refined`` within both."""
-    out = current.clone()
-    only_fg, only_bg, both = reach_fg & ~reach_bg, reach_bg & ~reach_fg, reach_fg & reach_bg
-    out[only_fg] = current[only_fg] | refined[only_fg]
-    out[only_bg] = current[only_bg] & refined[only_bg]
-    out[both] = refined[both]
-    return out
 
 
 class ClickSimulation:
