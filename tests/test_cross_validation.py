@@ -89,11 +89,12 @@ def test_report_pairs_arms_on_patients_and_writes_tables(tmp_path):
     docs.mkdir()
     block = "<!-- BEGIN generated: cv (x) -->\nSTALE\n<!-- END generated: cv -->\n"
     (docs / "README.md").write_text("# bundle\n" + block)
-    (tmp_path / "README.md").write_text(block)
+    (tmp_path / "README.md").write_text("# top-level README: results live in the bundle docs\n")
     update_docs.main(["--cv", str(tmp_path), "--bundle-docs", str(docs), "--readme", str(tmp_path / "README.md")])
     text = (docs / "README.md").read_text()
     assert "STALE" not in text and "| learned@0.125:init4:kd | 2 (4) |" in text and "0.1 h of training" in text
-    assert (docs / "images" / "sweep_cv.png").is_file() and "| fixed4 |" in (tmp_path / "README.md").read_text()
+    assert (docs / "images" / "sweep_cv.png").is_file() and "| fixed4 |" in text
+    assert (tmp_path / "README.md").read_text() == "# top-level README: results live in the bundle docs\n"
 
 
 def test_distilled_run_names():
