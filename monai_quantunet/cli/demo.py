@@ -2,7 +2,8 @@
 
 Exactly the bundle's ``configs/train.json`` (same network, widths, loss and learning rates), with fewer epochs
 and its outputs under ``--output-dir``; on ``--dataset-dir`` (a folder with ``dataset.json``) or, without
-one, on generated volumes.
+one, on generated volumes, which have no skull to strip: there the site augmentation (simulated skull-stripping
+and zoom-out) is off, as in the README's main job (with it a few epochs stay at the all-background answer).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main(args: argparse.Namespace) -> int:
         if not (Path(args.dataset_dir) / "dataset.json").is_file():
             raise FileNotFoundError(f"--dataset-dir {args.dataset_dir}: no dataset.json there")
         overrides["dataset_dir"] = str(Path(args.dataset_dir).resolve())
+    else:
+        overrides.update(skull_strip_prob=0.0, zoom_out_prob=0.0)
     print(f"demo-train on {overrides.get('dataset_dir', 'generated volumes')}, {args.epochs} epochs -> {output_dir}")
     workflow = ConfigWorkflow(config_file=str(Path(bundle_root) / "configs" / "train.json"), workflow_type="train",
                               **overrides)
