@@ -26,16 +26,14 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from monai_quantunet.bundle import network_from_bundle
+from monai_quantunet.bundle import bundle_settings, network_from_bundle
 from monai_quantunet.checkpoint import load_checkpoint
 from monai_quantunet.data import load_datalist
 from monai_quantunet.inference import segment_volume
 from monai_quantunet.interactive import REACH_RADIUS, REACH_SLICES, refine_volume, robot_click
 from monai_quantunet.metrics import volume_metrics
 
-REPO = Path(__file__).resolve().parents[1]
-SEG_BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
-INTERACTIVE_BUNDLE = REPO / "bundles" / "quantunet_interactive_tumor_seg"
+from paths import INTERACTIVE_BUNDLE, REPO, SEG_BUNDLE
 
 
 def dice(pred: np.ndarray, label: np.ndarray) -> float:
@@ -204,7 +202,12 @@ def main() -> None:
     from machine import machine_info
 
     spatial = (128, 128)
-    seg = load_checkpoint(network_from_bundle(SEG_BUNDLE, in_channels=1), args.segmentation_checkpoint).eval()
+    seg_net = load_checkpoint(network_from_bundle(SEG_BUNDLE), args.segmentation_checkpoint).eval()
+    seg_context = int(bundle_settings(SEG_BUNDLE)["context_slices"])
+
+    def auto_segmentation(image: str) -> np.ndarray:
+        return segment_volume(seg_net, image, spatial, context_slices=seg_context)
+
     new = load_checkpoint(network_from_bundle(INTERACTIVE_BUNDLE), args.checkpoint).eval()
     steps = {"new": lambda image: (lambda cur, fg, bg: refine_volume(new, image, cur, fg, bg, spatial))}
     if args.old_checkpoint:
@@ -216,7 +219,7 @@ def main() -> None:
     if args.timing_only:
         out = Path(args.out)
         result = json.loads(out.read_text())
-        timing = time_256x256x40(steps["new"], items[0]["image"], segment_volume(seg, items[0]["image"], spatial), 10)
+        timing = time_256x256x40(steps["new"], items[0]["image"], auto_segmentation(items[0]["image"]), 10)
         result.setdefault("timing_256x256x40_remeasured", []).append(timing)
         out.write_text(json.dumps(result, indent=1))
         out.with_suffix(".md").write_text(markdown_table(result) + "\n")
@@ -226,7 +229,7 @@ def main() -> None:
     for item in items:
         label = np.asarray(nib.load(item["label"]).dataobj) > 0
         t = time.perf_counter()
-        auto = segment_volume(seg, item["image"], spatial)
+        auto = auto_segmentation(item["image"])
         row = {"case": Path(item["image"]).name.split(".")[0], "shape": list(label.shape),
                "auto_seconds": time.perf_counter() - t}
         for key, make in steps.items():
@@ -247,7 +250,7 @@ def main() -> None:
         "models": {k: summarize(rows, k, args.clicks) for k in steps},
         "auto_seconds_mean": float(np.mean([r["auto_seconds"] for r in rows])),
         "timing_256x256x40": time_256x256x40(steps["new"], items[0]["image"],
-                                             segment_volume(seg, items[0]["image"], spatial)),
+                                             auto_segmentation(items[0]["image"])),
         "cases": rows,
     }
     m = result["models"]["new"]["mean_dice"]

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "slicer_app"))  # the app's `lib` package (configs
 from monai.data import DataLoader, Dataset  # noqa: E402
 
 from monai_quantunet.data import load_datalist  # noqa: E402
-from paths import SHARED_LGG_FLAIR  # noqa: E402
+from paths import SEG_BUNDLE, SHARED_LGG_FLAIR  # noqa: E402
 from monai_quantunet.checkpoint import load_state_dict  # noqa: E402
 from monai_quantunet.inference import slice_inferer  # noqa: E402
 from monai_quantunet.bundle import bundle_settings, network_from_bundle  # noqa: E402
@@ -117,7 +117,7 @@ def main() -> None:
     labeled_pool = [validation[i] for i in order[:k_max]]
     unlabeled = [validation[i] for i in order[k_max:]]  # the same evaluation volumes for every k
     spatial_size = tuple(int(s) for s in bundle_settings()["spatial_size"])
-    shipped = REPO / "bundles" / "quantunet_brain_tumor_seg" / "models" / "model.pt"
+    shipped = SEG_BUNDLE / "models" / "model.pt"
 
     t0 = time.time()
     before = per_volume_dice(shipped, unlabeled, spatial_size)

@@ -33,8 +33,7 @@ import torch
 
 from machine import describe, machine_info
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
+from paths import REPO, SEG_BUNDLE
 RESULTS = REPO / "benchmarks" / "results" / "finn_targets.json"
 TARGETS = {"Pynq-Z1": "Zynq-7020", "Ultra96-V2": "Zynq UltraScale+ ZU3EG", "KV260_SOM": "Kria K26"}
 VOLUME_SLICES = 40  # latency is reported for a 40-slice volume
@@ -46,7 +45,7 @@ def export_shipped(out: Path, dataset_dir: str | None, checkpoint: Path, cppsim_
     from monai_quantunet.export import example_slices, export_model
     from monai_quantunet.cli.export import network_from_config
 
-    network, parser = network_from_config(BUNDLE / "configs" / "train.json")
+    network, parser = network_from_config(SEG_BUNDLE / "configs" / "train.json")
     slices, source = example_slices(dataset_dir, parser.get_parsed_content("spatial_size"), whole_volume=True)
     print(f"verification input: {source}")
     result = export_model(network, out, slices, checkpoint=checkpoint, cppsim_slices=cppsim_slices,
@@ -208,7 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--finn", default=None, help="FINN toolchain folder (default: $FINN_TOOLCHAIN)")
     parser.add_argument("--dataset-dir", default=None, help="dataset with dataset.json (validation volume)")
-    parser.add_argument("--checkpoint", default=str(BUNDLE / "models" / "model.pt"))
+    parser.add_argument("--checkpoint", default=str(SEG_BUNDLE / "models" / "model.pt"))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--cppsim-slices", type=int, default=1,
                         help="slices of the default build also run in FINN's cppsim (with the toolchain's HLS headers)")

@@ -11,10 +11,19 @@ from pathlib import Path
 
 import torch.nn as nn
 
-__all__ = ["BUNDLE_NAME", "find_bundle_root", "ensure_default_dataset", "bundle_settings", "network_from_config",
-           "network_from_bundle"]
+__all__ = ["BUNDLE_NAME", "INTERACTIVE_BUNDLE_NAME", "checkout_bundle", "find_bundle_root", "ensure_default_dataset",
+           "bundle_settings", "network_from_config", "network_from_bundle"]
 
-BUNDLE_NAME = "quantunet_brain_tumor_seg"
+BUNDLE_NAME = "quantunet_brain_tumor_seg"  # the segmentation bundle
+INTERACTIVE_BUNDLE_NAME = "quantunet_interactive_tumor_seg"  # the click-refinement bundle
+BUNDLES_FOLDER = "bundles"
+
+
+def checkout_bundle(name: str = BUNDLE_NAME, checkout: str | Path | None = None) -> Path:
+    """``<checkout>/bundles/<name>``: a bundle in a source checkout (default: the checkout that holds this
+    package), where the MONAI Label app, the benchmarks and the tests find the bundles."""
+    root = Path(checkout) if checkout is not None else Path(__file__).resolve().parents[1]
+    return root / BUNDLES_FOLDER / name
 
 
 def _is_bundle(path: Path, name: str) -> bool:
@@ -27,7 +36,7 @@ def find_bundle_root(name: str = BUNDLE_NAME) -> str:
     """The bundle folder: the working directory when run from inside the bundle (model-zoo convention), or
     ``./bundles/<name>`` below it. Override with ``--bundle_root`` on the command line."""
     cwd = Path.cwd()
-    for candidate in (cwd, cwd / "bundles" / name):
+    for candidate in (cwd, checkout_bundle(name, cwd)):
         if _is_bundle(candidate, name):
             return str(candidate)
     raise FileNotFoundError(f"bundle {name!r} not found from {cwd}; pass --bundle_root <folder of the bundle>")

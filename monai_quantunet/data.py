@@ -257,42 +257,56 @@ class SliceDataset:
     ``transform`` (2D augmentation) is applied on access. ``context_slices`` k (odd): the image holds the slice
     and its neighbours in the same volume (``transforms.stack_context_slices``), the label is the centre
     slice's. This replaces per-iteration 3D cropping, which dominated CPU training time.
+
+    ``mask_keys``: the binary volumes sliced beside the image (``(1, H, W)`` float items), e.g. ``("label",
+    "mask")`` for click training, where ``"mask"`` is the segmentation model's mask added by the volume
+    transform (``interactive.AddAutoMaskd``); a slice is *positive* (``sampler``) when any of them has foreground.
     """
 
-    def __init__(self, data: Sequence[dict], volume_transform, transform=None, context_slices: int = 1) -> None:
+    def __init__(self, data: Sequence[dict], volume_transform, transform=None, context_slices: int = 1,
+                 mask_keys: Sequence[str] = ("label",)) -> None:
         import torch
 
         from monai_quantunet.transforms import check_context_slices, stack_context_slices
 
         check_context_slices(context_slices)  # before any volume is read
-        images, labels = [], []
+        if "label" not in mask_keys:
+            raise ValueError(f"SliceDataset: mask_keys must include 'label', got {list(mask_keys)}")
+        images, masks = [], {key: [] for key in mask_keys}
         for item in data:
             out = volume_transform(item)
             image = stack_context_slices(torch.as_tensor(out["image"]), context_slices)
             images.append(image.movedim(-1, 0))  # (Z, C * k, H, W)
-            labels.append(torch.as_tensor(out["label"]).movedim(-1, 0).to(torch.uint8))
+            for key in mask_keys:
+                masks[key].append(torch.as_tensor(out[key]).movedim(-1, 0).to(torch.uint8))  # (Z, 1, H, W)
         if not images:
             raise ValueError("SliceDataset got no volumes")
         self.images = torch.cat(images).float()
-        self.labels = torch.cat(labels)
-        self.has_tumor = self.labels.flatten(1).bool().any(dim=1)
+        self.masks = {key: torch.cat(slices) for key, slices in masks.items()}
+        self.positive = torch.stack([m.flatten(1).bool().any(dim=1) for m in self.masks.values()]).any(dim=0)
         self.transform = transform
+
+    @property
+    def labels(self):
+        """Label slices ``(N, 1, H, W)`` uint8."""
+        return self.masks["label"]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
-        item = {"image": self.images[index], "label": self.labels[index].float()}
+        item = {"image": self.images[index], **{key: m[index].float() for key, m in self.masks.items()}}
         return self.transform(item) if self.transform is not None else item
 
     def sampler(self, num_samples: int, tumor_fraction: float = 2 / 3, seed: int = 0):
-        """``WeightedRandomSampler`` drawing ``num_samples`` slices, ``tumor_fraction`` of them with tumor."""
+        """``WeightedRandomSampler`` drawing ``num_samples`` slices, ``tumor_fraction`` of them positive (tumor,
+        or foreground in any of ``mask_keys``)."""
         import torch
 
-        n_pos = int(self.has_tumor.sum())
+        n_pos = int(self.positive.sum())
         if n_pos == 0 or n_pos == len(self):
             weights = torch.ones(len(self), dtype=torch.double)
         else:
-            weights = torch.where(self.has_tumor, tumor_fraction / n_pos, (1 - tumor_fraction) / (len(self) - n_pos))
+            weights = torch.where(self.positive, tumor_fraction / n_pos, (1 - tumor_fraction) / (len(self) - n_pos))
         generator = torch.Generator().manual_seed(seed)
         return torch.utils.data.WeightedRandomSampler(weights.double(), num_samples, replacement=True, generator=generator)

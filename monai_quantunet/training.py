@@ -142,13 +142,11 @@ class QuantUNetStatsHandler:
 
 def plot_bit_width_history(history: list[dict], path: str | Path) -> None:
     """Line plot of each layer's width (weights solid, activations dashed) over epochs, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
     names = [(r["name"], r["kind"]) for r in history[0]["layers"] if r["kind"] != "input"]
     for i, (name, kind) in enumerate(names):
         bits = [next(r["bits"] for r in h["layers"] if r["name"] == name) for h in history]
@@ -162,4 +160,3 @@ def plot_bit_width_history(history: list[dict], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

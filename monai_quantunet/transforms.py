@@ -234,16 +234,19 @@ def _resize_inplane(keys: Sequence[str], spatial_size: Sequence[int]) -> Resized
     return Resized(keys=keys, spatial_size=(*spatial_size, -1), mode=modes, anti_aliasing=False)
 
 
-def augment_transforms(prob: float = 1.0, skull_strip: float = 0.3, zoom_out: float = 0.3) -> Compose:
+def augment_transforms(prob: float = 1.0, skull_strip: float = 0.3, zoom_out: float = 0.3,
+                       mask_keys: Sequence[str] = ("label",)) -> Compose:
     """2D augmentation of ``{"image", "label"}`` slices ``(C, H, W)``: simulated skull-stripping (probability
     ``skull_strip``), zoom-out to 60-100% of the size with zero padding (probability ``zoom_out``: a smaller brain
     in the field of view), flips, small affine, intensity jitter, noise. ``prob`` scales every probability (0
-    disables augmentation)."""
-    keys = ["image", "label"]
+    disables augmentation). ``mask_keys``: the binary slices moved with the image (nearest interpolation), e.g.
+    ``("label", "mask")`` for click training's current mask."""
+    keys = ["image", *mask_keys]
+    modes = ["bilinear"] + ["nearest"] * len(mask_keys)
     return Compose(
         [
             RandSkullStripd(prob=skull_strip * prob),
-            RandZoomd(keys=keys, prob=zoom_out * prob, min_zoom=0.6, max_zoom=1.0, mode=("bilinear", "nearest"),
+            RandZoomd(keys=keys, prob=zoom_out * prob, min_zoom=0.6, max_zoom=1.0, mode=modes,
                       padding_mode="constant", keep_size=True),
             RandFlipd(keys=keys, prob=0.5 * prob, spatial_axis=0),
             RandFlipd(keys=keys, prob=0.5 * prob, spatial_axis=1),
@@ -252,7 +255,7 @@ def augment_transforms(prob: float = 1.0, skull_strip: float = 0.3, zoom_out: fl
                 prob=0.3 * prob,
                 rotate_range=np.pi / 12,
                 scale_range=0.1,
-                mode=("bilinear", "nearest"),
+                mode=modes,
                 padding_mode="zeros",
             ),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.3 * prob),

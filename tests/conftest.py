@@ -4,9 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from monai_quantunet.bundle import BUNDLE_NAME, INTERACTIVE_BUNDLE_NAME, checkout_bundle
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("QUANTUNET_SHARED_DATA", REPO.parent / "shared" / "data"))
-BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
+BUNDLE = checkout_bundle(BUNDLE_NAME, REPO)
+INTERACTIVE_BUNDLE = checkout_bundle(INTERACTIVE_BUNDLE_NAME, REPO)
 
 TINY = {"channels": [4, 8, 8, 16, 16], "spatial_size": [32, 32]}  # bundle overrides for a fast tiny network
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import BUNDLE, INTERACTIVE_BUNDLE, REPO
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import results_table  # noqa: E402
@@ -132,8 +133,8 @@ def test_sweep_cost_and_docs_pipeline(synthetic_dataset, tmp_path):
     assert check["max_abs_logit_diff"] <= 1e-4 * check["max_abs_logit"]
 
     docs = tmp_path / "bundle" / "docs"
-    shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs", docs)
-    shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg" / "configs", docs.parent / "configs")
+    shutil.copytree(BUNDLE / "docs", docs)
+    shutil.copytree(BUNDLE / "configs", docs.parent / "configs")
     readme = tmp_path / "README.md"
     shutil.copyfile(REPO / "README.md", readme)
     update_docs.main(["--sweep", str(results_dir), "--cost", str(cost_json), "--readme", str(readme), "--bundle-docs",
@@ -155,13 +156,13 @@ def test_click_robot_and_finetune_tables_are_generated(tmp_path):
     """The robot-user and fine-tuning tables (and the interactive bundle's eval_metrics) are written from the
     committed results, never typed: regenerating them from benchmarks/results changes nothing."""
     bundle = tmp_path / "quantunet_interactive_tumor_seg"
-    shutil.copytree(REPO / "bundles" / "quantunet_interactive_tumor_seg" / "docs", bundle / "docs")
-    shutil.copytree(REPO / "bundles" / "quantunet_interactive_tumor_seg" / "configs", bundle / "configs")
+    shutil.copytree(INTERACTIVE_BUNDLE / "docs", bundle / "docs")
+    shutil.copytree(INTERACTIVE_BUNDLE / "configs", bundle / "configs")
     app_readme = tmp_path / "app_README.md"
     shutil.copyfile(REPO / "slicer_app" / "README.md", app_readme)
     update_docs.main(["--click-robot", str(REPO / "benchmarks" / "results" / "click_robot.json"),
                       "--finetune", str(REPO / "benchmarks" / "results" / "finetune.json"),
                       "--interactive-docs", str(bundle / "docs" / "README.md"), "--app-readme", str(app_readme)])
-    assert (bundle / "docs" / "README.md").read_text() == (REPO / "bundles" / "quantunet_interactive_tumor_seg" / "docs" / "README.md").read_text()
+    assert (bundle / "docs" / "README.md").read_text() == (INTERACTIVE_BUNDLE / "docs" / "README.md").read_text()
     assert app_readme.read_text() == (REPO / "slicer_app" / "README.md").read_text()
-    assert (bundle / "configs" / "metadata.json").read_text() == (REPO / "bundles" / "quantunet_interactive_tumor_seg" / "configs" / "metadata.json").read_text()
+    assert (bundle / "configs" / "metadata.json").read_text() == (INTERACTIVE_BUNDLE / "configs" / "metadata.json").read_text()

@@ -49,7 +49,7 @@ def test_slice_dataset_items_hold_the_neighbours(synthetic_dataset):
     flat = SliceDataset(items, val_transforms(SIZE))
     ctx = SliceDataset(items, val_transforms(SIZE), context_slices=3)
     assert len(ctx) == len(flat) == 4 * 8 and flat[0]["image"].shape == (1, *SIZE)
-    assert torch.equal(ctx.labels, flat.labels) and torch.equal(ctx.has_tumor, flat.has_tumor)
+    assert torch.equal(ctx.labels, flat.labels) and torch.equal(ctx.positive, flat.positive)
     for i in range(len(flat)):
         z, start = i % 8, i - i % 8  # 8 slices per volume
         image = ctx[i]["image"]

@@ -136,7 +136,7 @@ def test_slice_dataset_samples_tumor_slices_at_the_requested_fraction(synthetic_
     items = load_datalist(synthetic_dataset / "dataset.json", "training")
     ds = SliceDataset(items, val_transforms((32, 32)))
     assert len(ds) == 4 * 8 and ds[0]["image"].shape == (1, 32, 32) and ds[0]["label"].shape == (1, 32, 32)
-    assert 0 < int(ds.has_tumor.sum()) < len(ds)
+    assert 0 < int(ds.positive.sum()) < len(ds)
     drawn = list(ds.sampler(3000, tumor_fraction=0.75, seed=1))
-    fraction = float(ds.has_tumor[drawn].float().mean())
+    fraction = float(ds.positive[drawn].float().mean())
     assert abs(fraction - 0.75) < 0.05

@@ -290,12 +290,12 @@ def test_perturbation_changes_the_mask_only():
 
 @pytest.fixture(scope="module")
 def shipped_interactive():
-    from conftest import REPO
+    from conftest import INTERACTIVE_BUNDLE
 
     from monai_quantunet.bundle import network_from_bundle
     from monai_quantunet.checkpoint import load_checkpoint
 
-    bundle = REPO / "bundles" / "quantunet_interactive_tumor_seg"
+    bundle = INTERACTIVE_BUNDLE
     return load_checkpoint(network_from_bundle(bundle), bundle / "models" / "model.pt").eval()
 
 

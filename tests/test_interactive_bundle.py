@@ -11,27 +11,33 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from conftest import BUNDLE as SEG_BUNDLE
+from conftest import INTERACTIVE_BUNDLE, TINY
 from conftest import check_zoo_metadata
 from conftest import run_workflow as _run
+from monai.bundle import ConfigWorkflow
 
-BUNDLE = REPO / "bundles" / "quantunet_interactive_tumor_seg"
+BUNDLE = INTERACTIVE_BUNDLE
 CONFIGS = BUNDLE / "configs"
+
+
+def _tiny_segmentation_checkpoint(path, context_slices: int = 1):
+    from monai_quantunet.networks import QuantUNet
+    from monai_quantunet.networks.quantunet import ACT_STATS_STEPS
+
+    torch.manual_seed(0)
+    net = QuantUNet(in_channels=context_slices, channels=TINY["channels"], quantization="learned", bit_width=4,
+                    max_bit_width=4)
+    with torch.no_grad():  # activation scales exist after Brevitas' statistics steps, as in a trained checkpoint
+        for _ in range(ACT_STATS_STEPS + 1):
+            net.train()(torch.rand(2, context_slices, 32, 32))
+    torch.save(net.state_dict(), path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def tiny_segmentation(tmp_path_factory):
-    from monai_quantunet.networks import QuantUNet
-    from monai_quantunet.networks.quantunet import ACT_STATS_STEPS
-
-    path = tmp_path_factory.mktemp("seg") / "seg.pt"
-    torch.manual_seed(0)
-    net = QuantUNet(in_channels=1, channels=TINY["channels"], quantization="learned", bit_width=4, max_bit_width=4)
-    with torch.no_grad():  # activation scales exist after Brevitas' statistics steps, as in a trained checkpoint
-        for _ in range(ACT_STATS_STEPS + 1):
-            net.train()(torch.rand(2, 1, 32, 32))
-    torch.save(net.state_dict(), path)
-    return path
+    return _tiny_segmentation_checkpoint(tmp_path_factory.mktemp("seg") / "seg.pt")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +63,64 @@ def test_train_workflow(trained, tiny_segmentation):
     seg = torch.load(tiny_segmentation, map_location="cpu", weights_only=True)
     net = workflow.parser.get_parsed_content("network")
     assert net.encoder[0][0].weight.shape[1] == 4 and seg["encoder.0.0.weight"].shape[1] == 1
+
+
+def test_click_training_from_a_2_5d_segmentation_model(synthetic_dataset, tmp_path):
+    """A 2.5D segmentation model (3 context slices) gives the current masks and the starting weights: its
+    checkpoint loads into the segmentation network (a mismatch would raise), its masks are predicted with the
+    slices' neighbours, and the interactive network's image channel starts as the sum of its 3 input channels."""
+    seg_path = _tiny_segmentation_checkpoint(tmp_path / "seg3.pt", context_slices=3)
+    out = tmp_path / "train"
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train", bundle_root=str(BUNDLE),
+                              dataset_dir=str(synthetic_dataset), segmentation_checkpoint=str(seg_path),
+                              segmentation_context_slices=3, max_epochs=1, samples_per_epoch=8, batch_size=4,
+                              ckpt_dir=str(out), output_dir=str(out), **TINY)
+    workflow.initialize()
+    seg_state = torch.load(seg_path, map_location="cpu", weights_only=True)
+    start = workflow.parser.get_parsed_content("network").encoder[0][0].weight.detach()
+    torch.testing.assert_close(start[:, :1], seg_state["encoder.0.0.weight"].sum(dim=1, keepdim=True))
+    seg = workflow.parser.get_parsed_content("segmentation_network")
+    assert seg.encoder[0][0].weight.shape[1] == 3
+    dataset = workflow.parser.get_parsed_content("train#dataset")
+    image = torch.as_tensor(workflow.parser.get_parsed_content("train#volume_transform")(dataset_item(workflow))["image"])
+    from monai_quantunet.inference import predict_volume
+
+    expected = (predict_volume(seg, image[None], tuple(image.shape[1:3]), context_slices=3)[0] > 0).to(torch.uint8)
+    depth = image.shape[-1]
+    torch.testing.assert_close(dataset.masks["mask"][:depth], expected.movedim(-1, 0))
+    workflow.run()
+    workflow.finalize()
+    history = json.loads((out / "bit_widths.json").read_text())
+    assert history[0]["epoch"] == 1 and 0 <= history[0]["val_dice"] <= 1
+
+
+def dataset_item(workflow) -> dict:
+    """The first training item of the workflow's datalist."""
+    return workflow.parser.get_parsed_content("train#dataset#data")[0]
+
+
+def test_segmentation_network_is_the_segmentation_bundles():
+    """The interactive bundle stands alone with a copy of the segmentation bundle's network definition (its
+    ``segmentation_network_def``, ``segmentation_context_slices``): the two must agree, and the shipped
+    ``segmentation_model.pt`` must hold the segmentation bundle's ``model.pt`` weights."""
+    from monai.bundle import ConfigParser
+
+    seg_bundle = SEG_BUNDLE
+    definitions = []
+    for config, key, context in ((CONFIGS / "inference.json", "segmentation_network_def", "segmentation_context_slices"),
+                                 (seg_bundle / "configs" / "inference.json", "network_def", "context_slices")):
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        parser["bundle_root"] = str(config.parent.parent)
+        definition = {k: parser.get_parsed_content(f"{key}#{k}") for k in parser[key] if k != "_target_"}
+        assert definition["in_channels"] == parser.get_parsed_content(context)
+        definitions.append((parser[key]["_target_"], definition))
+    assert definitions[0] == definitions[1]
+    from monai_quantunet.checkpoint import load_state_dict
+
+    shipped = load_state_dict(BUNDLE / "models" / "segmentation_model.pt")
+    served = load_state_dict(seg_bundle / "models" / "model.pt")
+    assert shipped.keys() == served.keys() and all(torch.equal(shipped[k], served[k]) for k in served)
 
 
 def test_inference_refines_with_a_clicks_file(trained, synthetic_dataset, tiny_segmentation, tmp_path):

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from conftest import REPO
+from conftest import BUNDLE, REPO
 
 
 def imported_modules() -> set[str]:
@@ -53,7 +53,7 @@ def test_wheel_in_a_fresh_venv_runs_the_bundle_outside_the_repository(tmp_path):
     subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), str(wheel)],
                    check=True, timeout=1800)
     bundle = tmp_path / "elsewhere" / "quantunet_brain_tumor_seg"
-    shutil.copytree(REPO / "bundles" / "quantunet_brain_tumor_seg", bundle,
+    shutil.copytree(BUNDLE, bundle,
                     ignore=shutil.ignore_patterns("runs", "eval", "data", "export"))
     make_synthetic_dataset(tmp_path / "volumes", num_cases=1, shape=(64, 64, 8))
     images = sorted((tmp_path / "volumes").rglob("*.nii.gz"))

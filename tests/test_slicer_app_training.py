@@ -39,7 +39,8 @@ def test_publish_decision():
 
 def test_app_follows_the_bundles_context_slices(synthetic_dataset, tmp_path):
     """A 2.5D segmentation bundle (context_slices 3) gives the app a 3-channel network, inferer and training
-    slices; the interactive model stays 2D with its 4 inputs."""
+    slices; the interactive model stays 2D with its 4 inputs, and its training takes the current masks from the
+    2.5D model."""
     import json
     import shutil
     from types import SimpleNamespace
@@ -68,6 +69,11 @@ def test_app_follows_the_bundles_context_slices(synthetic_dataset, tmp_path):
     deepedit = DeepEdit()
     deepedit.init("deepedit", str(tmp_path / "model"), conf, None)
     assert deepedit.network.in_channels == 4 and deepedit.context_slices == 1
+    # click training reads its current masks from the 2.5D segmentation model, each slice with its neighbours
+    clicks = deepedit.trainer()
+    assert clicks.segmentation_network().in_channels == 3 and clicks.segmentation_context_slices == 3
+    batch = next(iter(clicks.train_data_loader(context)))
+    assert batch["image"].shape[1:] == (4, *deepedit.spatial_size)
 
 
 def test_one_dice_in_every_bundle_and_the_app():

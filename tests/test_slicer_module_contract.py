@@ -196,7 +196,7 @@ def test_training_start_status_stop(client, info):
 def test_click_answer_is_the_librarys_refine_volume(client, info, server, workdir):
     """One refinement chain: the mask the app answers to a click is, voxel for voxel, the library's
     ``refine_volume`` of the app's auto-segmentation (what ``benchmarks/click_robot.py`` measures)."""
-    from conftest import REPO
+    from conftest import INTERACTIVE_BUNDLE
 
     from monai_quantunet.bundle import network_from_bundle
     from monai_quantunet.checkpoint import load_checkpoint
@@ -210,7 +210,7 @@ def test_click_answer_is_the_librarys_refine_volume(client, info, server, workdi
     auto = _ijk(client.infer("segmentation", image_id, result_format({}))[0]).astype(bool)
     clicks = {"tumor": [[12, 10, 4]], "background": [[40, 30, 4]]}
     answer = _ijk(client.infer("deepedit", image_id, click_params(info, "deepedit", "tumor", clicks))[0])
-    bundle = REPO / "bundles" / "quantunet_interactive_tumor_seg"
+    bundle = INTERACTIVE_BUNDLE
     network = network_from_bundle(bundle)
     load_checkpoint(network, bundle / "models" / "model.pt")
     expected = refine_volume(network, path, auto, clicks["tumor"], clicks["background"])

@@ -19,6 +19,7 @@ from monai_quantunet.interactive.clicks import (
     map_clicks,
     parse_clicks,
     reach_mask,
+    reach_slices,
     robot_click,
 )
 from monai_quantunet.interactive.guidance import (
@@ -40,19 +41,16 @@ from monai_quantunet.interactive.training import (
     ClickSimulation,
     GateByReachd,
     InteractionInputsd,
-    InteractiveSliceDataset,
     RandPerturbMaskd,
     expand_input_channels,
-    segment_grid_volume,
     slice_transforms,
 )
 
 __all__ = [
     "DEFAULT_SIGMA", "DEFAULT_SLICE_WEIGHTS", "REACH_RADIUS", "REACH_SLICES", "INPUT_CHANNELS", "CLICK_CORE_RADIUS", "ClickError",
-    "click_maps_3d", "deepest_point", "gaussian_disc", "map_clicks", "parse_clicks", "reach_mask", "robot_click",
+    "click_maps_3d", "deepest_point", "gaussian_disc", "map_clicks", "parse_clicks", "reach_mask", "reach_slices", "robot_click",
     "AddInteractionGuidanced", "LocalityGated", "ReachLimitedNetwork", "directional_gate", "locality_gate", "refine_volume",
     "refine_files", "example_inputs",
     "AddAutoMaskd", "AddRobotClicksd", "ClickRefinementInferer", "ClickSimulation", "GateByReachd",
-    "InteractionInputsd", "InteractiveSliceDataset", "RandPerturbMaskd", "expand_input_channels",
-    "segment_grid_volume", "slice_transforms",
+    "InteractionInputsd", "RandPerturbMaskd", "expand_input_channels", "slice_transforms",
 ]

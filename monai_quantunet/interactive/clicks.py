@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_SLICE_WEIGHTS",
     "REACH_RADIUS",
     "REACH_SLICES",
+    "reach_slices",
     "ClickError",
     "parse_clicks",
     "map_clicks",
@@ -39,7 +40,14 @@ __all__ = [
 DEFAULT_SIGMA = 3.0  # pixels at the network's resolution (128 x 128)
 DEFAULT_SLICE_WEIGHTS = (1.0, 0.6, 0.3)  # click slice, +-1, +-2
 REACH_RADIUS = 24.0  # pixels of the network's in-plane grid
-REACH_SLICES = 2  # axial slices above and below the click's slice
+
+
+def reach_slices(slice_weights: Sequence[float] = DEFAULT_SLICE_WEIGHTS) -> int:
+    """Axial slices above and below a click's slice within its reach: as far as its click map extends."""
+    return len(slice_weights) - 1
+
+
+REACH_SLICES = reach_slices()  # 2
 
 
 class ClickError(ValueError):

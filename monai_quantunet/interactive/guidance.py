@@ -35,6 +35,7 @@ from monai_quantunet.interactive.clicks import (
     map_clicks,
     parse_clicks,
     reach_mask,
+    reach_slices,
 )
 
 __all__ = [
@@ -278,14 +279,16 @@ def refine_volume(
                              current_mask=current, foreground=list(foreground), background=list(background))
     clicks = record["clicks"]
     gated, _ = locality_gate(refined, current, record["file_affine"], record["grid_affine"], clicks["foreground"],
-                             clicks["background"], radius, len(slice_weights) - 1)
+                             clicks["background"], radius, reach_slices(slice_weights))
     return gated
 
 
 def refine_files(network: nn.Module, segmentation_network: nn.Module, data: Sequence[dict], clicks: dict,
-                 output_dir: str | Path, spatial_size: Sequence[int] = (128, 128)) -> list[str]:
+                 output_dir: str | Path, spatial_size: Sequence[int] = (128, 128),
+                 segmentation_context_slices: int = 1) -> list[str]:
     """The interactive bundle's inference: for each ``{"image": path}`` of ``data``, the auto-segmentation
-    (``segmentation_network`` through ``inference.segment_volume``) refined by the clicks of ``clicks[<file
+    (``segmentation_network`` through ``inference.segment_volume``, each slice seen with its
+    ``segmentation_context_slices`` neighbours) refined by the clicks of ``clicks[<file
     name>]`` (``{"foreground": [[i, j, k], ...], "background": [...]}``, IJK of that file; a file without an entry
     keeps its auto-segmentation). Writes ``<output_dir>/<case>_seg.nii.gz`` (uint8, the input's geometry);
     returns the paths. Names in ``clicks`` that match no input raise ``ValueError``."""
@@ -303,7 +306,7 @@ def refine_files(network: nn.Module, segmentation_network: nn.Module, data: Sequ
     for item in data:
         path = str(item["image"])
         entry = clicks.get(Path(path).name, {})
-        auto = segment_volume(segmentation_network, path, spatial_size)
+        auto = segment_volume(segmentation_network, path, spatial_size, context_slices=segmentation_context_slices)
         mask = refine_volume(network, path, auto, entry.get("foreground", []), entry.get("background", []), spatial_size)
         image = LoadImage(image_only=True)(path)
         saver(MetaTensor(torch.from_numpy(mask[None].astype(np.uint8)), meta=image.meta))

@@ -1,7 +1,8 @@
 """Training the interactive QuantU-Net the way iterative click models are trained (RITM, DeepEdit).
 
 Per training slice: the image, the label and the *current mask*, which starts as the segmentation model's own
-prediction (computed once per volume, :class:`InteractiveSliceDataset`), randomly perturbed
+prediction (computed once per volume by :class:`AddAutoMaskd` in the volume transform of the core
+:class:`~monai_quantunet.data.SliceDataset`, with ``mask_keys=("label", "mask")``), randomly perturbed
 (:class:`RandPerturbMaskd`: eroded, dilated, a region dropped, a false-positive blob added) so the model meets
 the errors an annotator fixes. :class:`ClickSimulation` (the trainer's ``iteration_update``) then plays the robot
 user for 1..``max_rounds`` rounds without gradients: a click at the deepest point of the largest error of the
@@ -24,7 +25,7 @@ import torch.nn as nn
 from monai.config import KeysCollection
 from monai.inferers import Inferer
 from monai.networks import eval_mode
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import Compose, EnsureTyped, MapTransform, Randomizable
 
 from monai_quantunet.interactive.clicks import (
     DEFAULT_SIGMA,
@@ -33,14 +34,14 @@ from monai_quantunet.interactive.clicks import (
     click_maps_3d,
     gaussian_disc,
     reach_mask,
+    reach_slices,
     robot_click,
 )
 from monai_quantunet.interactive.guidance import INPUT_CHANNELS, KEEP_LOGIT, ReachLimitedNetwork, directional_gate
+from monai_quantunet.transforms import augment_transforms
 
 __all__ = [
     "expand_input_channels",
-    "segment_grid_volume",
-    "InteractiveSliceDataset",
     "RandPerturbMaskd",
     "InteractionInputsd",
     "ClickSimulation",
@@ -53,7 +54,8 @@ __all__ = [
 
 
 def expand_input_channels(state_dict: dict[str, torch.Tensor], in_channels: int = INPUT_CHANNELS,
-                          scales: Sequence[float] | None = None, key: str = "encoder.0.0.weight") -> dict:
+                          scales: Sequence[float] | None = None, key: str = "encoder.0.0.weight",
+                          context_slices: int = 1) -> dict:
     """A segmentation QuantU-Net's state_dict adapted to ``in_channels`` inputs (the first conv widened).
 
     The new input channels start as ``scales[i]`` times the image channel's weights (default 0: the interactive
@@ -61,11 +63,18 @@ def expand_input_channels(state_dict: dict[str, torch.Tensor], in_channels: int 
     starts as half an image (tumor where the mask is), a foreground click as a bright spot and a background click
     as a dark one: the clicks act from the first step. Zero-initialised channels learn slowly in a quantized first
     conv, whose 2-4-bit per-output-channel grid rounds small weights to zero.
+
+    A 2.5D segmentation checkpoint (``context_slices`` k > 1: the first conv has k image channels, the slice and
+    its neighbours) gives one image channel, the sum of the k (its response to a volume constant along Z). A
+    checkpoint that already has ``in_channels`` inputs is returned as is.
     """
     state = dict(state_dict)
     if key not in state:
         raise ValueError(f"state_dict has no {key!r}: not a QuantUNet checkpoint")
     w = state[key]
+    if context_slices > 1 and w.shape[1] == context_slices != in_channels:
+        w = w.sum(dim=1, keepdim=True)
+        state[key] = w
     extra = in_channels - w.shape[1]
     if extra < 0:
         raise ValueError(f"{key} has {w.shape[1]} input channels, more than in_channels={in_channels}")
@@ -76,59 +85,6 @@ def expand_input_channels(state_dict: dict[str, torch.Tensor], in_channels: int 
         raise ValueError(f"scales: expected {extra} values (one per new input channel), got {len(scales)}")
     state[key] = torch.cat([w] + [v * w[:, :1] for v in scales], dim=1)
     return state
-
-
-@torch.no_grad()
-def segment_grid_volume(network: nn.Module, image: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Mask ``(1, X, Y, Z)`` (float 0/1) of a preprocessed volume ``(1, X, Y, Z)`` at the network's grid."""
-    slices = torch.as_tensor(image).float().movedim(-1, 0)  # (Z, 1, X, Y)
-    device = next(network.parameters()).device
-    with eval_mode(network):
-        out = torch.cat([network(slices[i:i + batch_size].to(device)).cpu() for i in range(0, len(slices), batch_size)])
-    return (out > 0).float().movedim(0, -1)  # (1, X, Y, Z)
-
-
-class InteractiveSliceDataset(torch.utils.data.Dataset):
-    """Axial slices of preprocessed volumes with the segmentation model's mask: items
-    ``{"image": (1, H, W), "mask": (1, H, W), "label": (1, H, W)}``, ``transform`` applied on access.
-
-    Args:
-        data: decathlon items (``image``, ``label``).
-        volume_transform: e.g. ``val_transforms(spatial_size)`` (load, RAS, scale, resize in-plane).
-        segmentation_network: the auto-segmentation model (``in_channels=1``) whose masks are refined.
-        transform: per-slice transform (perturbation, augmentation, :class:`InteractionInputsd`).
-    """
-
-    def __init__(self, data: Sequence[dict], volume_transform, segmentation_network: nn.Module, transform=None) -> None:
-        images, labels, masks = [], [], []
-        for item in data:
-            out = volume_transform(item)
-            image = torch.as_tensor(out["image"]).float()
-            images.append(image.movedim(-1, 0))  # (Z, 1, H, W)
-            labels.append(torch.as_tensor(out["label"]).movedim(-1, 0).to(torch.uint8))
-            masks.append(segment_grid_volume(segmentation_network, image).movedim(-1, 0).to(torch.uint8))
-        if not images:
-            raise ValueError("InteractiveSliceDataset got no volumes")
-        self.images, self.labels, self.masks = torch.cat(images), torch.cat(labels), torch.cat(masks)
-        self.transform = transform
-        self.positive = (self.labels.flatten(1).bool() | self.masks.flatten(1).bool()).any(dim=1)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict:
-        item = {"image": self.images[index], "mask": self.masks[index].float(), "label": self.labels[index].float()}
-        return self.transform(item) if self.transform is not None else item
-
-    def sampler(self, num_samples: int, positive_fraction: float = 0.75, seed: int = 0):
-        """``WeightedRandomSampler``: ``positive_fraction`` of the slices hold tumor or a predicted mask."""
-        n_pos = int(self.positive.sum())
-        if n_pos in (0, len(self)):
-            weights = torch.ones(len(self), dtype=torch.double)
-        else:
-            weights = torch.where(self.positive, positive_fraction / n_pos, (1 - positive_fraction) / (len(self) - n_pos))
-        generator = torch.Generator().manual_seed(seed)
-        return torch.utils.data.WeightedRandomSampler(weights.double(), num_samples, replacement=True, generator=generator)
 
 
 class RandPerturbMaskd(Randomizable, MapTransform):
@@ -244,6 +200,7 @@ class ClickSimulation:
         """One robot click per slice of ``x`` (in place) on ``mask != label``; ``reach`` (``(2, B, H, W)``:
         foreground, background) grows around it."""
         h, w = x.shape[-2:]
+        grid = np.stack([*np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), np.zeros((h, w))], axis=-1)  # (H, W, 3)
         masks = (x[:, 1] > 0.5).cpu().numpy()
         for b in range(x.shape[0]):
             click = robot_click(masks[b], labels[b])
@@ -255,8 +212,8 @@ class ClickSimulation:
                 weight = float(self.rng.choice(self.slice_weights[1:]))
             ch = 2 if kind == "foreground" else 3
             x[b, ch] = torch.maximum(x[b, ch], weight * gaussian_disc((h, w), point, self.sigma).to(x.device))
-            yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-            reach[ch - 2, b] |= ((yy - point[0]) ** 2 + (xx - point[1]) ** 2 <= self.reach_radius**2).to(reach.device)
+            within = reach_mask(grid, np.asarray([[point[0], point[1], 0.0]]), self.reach_radius, 0)
+            reach[ch - 2, b] |= torch.from_numpy(within).to(reach.device)
 
     @torch.no_grad()
     def simulate(self, network: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, rounds: int) -> torch.Tensor:
@@ -284,15 +241,26 @@ class ClickSimulation:
 
 
 class AddAutoMaskd(MapTransform):
-    """Validation: the segmentation model's mask of a preprocessed volume ``(1, X, Y, Z)`` -> ``d[output_key]``."""
+    """The segmentation model's mask ``(1, X, Y, Z)`` (float 0/1) of a preprocessed volume ``(1, X, Y, Z)`` at the
+    network's grid -> ``d[output_key]``, through ``inference.predict_volume`` (``context_slices``: the
+    segmentation model's, e.g. 3 for a 2.5D bundle). Training's current mask and validation's starting mask."""
 
-    def __init__(self, network: nn.Module, image_key: str = "image", output_key: str = "auto_mask") -> None:
+    def __init__(self, network: nn.Module, image_key: str = "image", output_key: str = "auto_mask",
+                 context_slices: int = 1) -> None:
         super().__init__([image_key])
         self.network, self.image_key, self.output_key = network, image_key, output_key
+        self.context_slices = context_slices
 
     def __call__(self, data: dict) -> dict:
+        from monai_quantunet.inference import predict_volume
+
         d = dict(data)
-        d[self.output_key] = segment_grid_volume(self.network, d[self.image_key])
+        image = torch.as_tensor(d[self.image_key]).float()
+        device = next(self.network.parameters()).device
+        with eval_mode(self.network):
+            logits = predict_volume(self.network, image[None].to(device), tuple(image.shape[1:3]),
+                                    context_slices=self.context_slices)[0]
+        d[self.output_key] = (logits > 0).float().cpu()
         return d
 
 
@@ -319,7 +287,7 @@ class AddRobotClicksd(MapTransform):
             fg, bg = (pts, bg) if click[0] == "foreground" else (fg, pts)
         guidance = click_maps_3d(shape, fg, bg, self.sigma, self.slice_weights)
         grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
-        reach = reach_mask(grid, np.concatenate([fg, bg]), self.reach_radius, len(self.slice_weights) - 1)
+        reach = reach_mask(grid, np.concatenate([fg, bg]), self.reach_radius, reach_slices(self.slice_weights))
         d[self.image_key] = torch.cat([image, mask, guidance], dim=0)
         sign = -1.0 if len(bg) else 1.0  # one click: its kind decides the gate's direction
         d["reach"] = torch.from_numpy(sign * reach[None].astype(np.float32))
@@ -360,32 +328,17 @@ class ClickRefinementInferer(Inferer):
         return self.inferer(inputs, ReachLimitedNetwork(network), *args, **kwargs)
 
 
-def slice_transforms(prob_perturb: float = 0.5, augment: bool = True, prob_bright_false_positive: float = 0.3):
+def slice_transforms(prob_perturb: float = 0.5, augment: bool = True, prob_bright_false_positive: float = 0.3,
+                     skull_strip: float = 0.0, zoom_out: float = 0.0) -> Compose:
     """Per-slice training chain on ``{"image", "mask", "label"}`` ``(1, H, W)``: mask perturbation
-    (:class:`RandPerturbMaskd`), flips and a small affine of all three, intensity jitter and noise of the image,
-    then :class:`InteractionInputsd` (image ``(4, H, W)``). Used by the bundle's ``train.json`` and by the MONAI
-    Label app's trainer."""
-    from monai.transforms import (
-        Compose,
-        EnsureTyped,
-        RandAdjustContrastd,
-        RandAffined,
-        RandFlipd,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-    )
-
-    keys = ["image", "mask", "label"]
-    p = 1.0 if augment else 0.0
+    (:class:`RandPerturbMaskd`), the segmentation training's augmentation of all three
+    (:func:`~monai_quantunet.transforms.augment_transforms`, the current mask moved like the label; its
+    skull-stripping and zoom-out off by default), then :class:`InteractionInputsd` (image ``(4, H, W)``). Used by
+    the bundle's ``train.json`` and by the MONAI Label app's trainer."""
+    augmentation = augment_transforms(1.0 if augment else 0.0, skull_strip, zoom_out, mask_keys=("label", "mask"))
     return Compose([
         RandPerturbMaskd(prob=prob_perturb, prob_bright_false_positive=prob_bright_false_positive),
-        RandFlipd(keys=keys, prob=0.5 * p, spatial_axis=0),
-        RandFlipd(keys=keys, prob=0.5 * p, spatial_axis=1),
-        RandAffined(keys=keys, prob=0.3 * p, rotate_range=0.26, scale_range=0.1,
-                    mode=["bilinear", "nearest", "nearest"], padding_mode="zeros"),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.3 * p),
-        RandAdjustContrastd(keys="image", gamma=(0.8, 1.25), prob=0.3 * p),
-        RandGaussianNoised(keys="image", std=0.02, prob=0.2 * p),
+        *augmentation.transforms,
         InteractionInputsd(),
         EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
     ])

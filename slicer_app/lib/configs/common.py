@@ -13,12 +13,12 @@ from monailabel.utils.others.generic import strtobool
 
 from lib.checkpoints import load_checkpoint_or_warn, served_checkpoint
 from lib.train_options import OPTIONS
-from monai_quantunet.bundle import bundle_settings, network_from_bundle
+from monai_quantunet.bundle import BUNDLE_NAME, bundle_settings, checkout_bundle, network_from_bundle
 
 logger = logging.getLogger(__name__)
 
 APP_DIR = Path(__file__).resolve().parents[2]
-DEFAULT_BUNDLE = APP_DIR.parent / "bundles" / "quantunet_brain_tumor_seg"
+DEFAULT_BUNDLE = checkout_bundle(BUNDLE_NAME, APP_DIR.parent)
 LABELS = {"tumor": 1}
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import lib.infers
 import lib.trainers
 from lib.configs.common import APP_DIR, QuantUNetTaskConfig
+from monai_quantunet.bundle import INTERACTIVE_BUNDLE_NAME, checkout_bundle
 
-INTERACTIVE_BUNDLE = APP_DIR.parent / "bundles" / "quantunet_interactive_tumor_seg"
+INTERACTIVE_BUNDLE = checkout_bundle(INTERACTIVE_BUNDLE_NAME, APP_DIR.parent)
 
 
 class DeepEdit(QuantUNetTaskConfig):
@@ -33,17 +34,19 @@ class DeepEdit(QuantUNetTaskConfig):
         self.labels = {**self.labels, "background": 0}
 
     def trainer_kwargs(self) -> dict:
-        """The base trainer's settings plus the served segmentation model (the current mask to refine)."""
+        """The base trainer's settings plus the served segmentation model (the current mask to refine): the
+        segmentation bundle's network as it defines it (a 2.5D bundle's ``context_slices`` included)."""
         from lib.checkpoints import load_checkpoint_or_warn, served_checkpoint
-        from monai_quantunet.bundle import network_from_bundle
+        from monai_quantunet.bundle import bundle_settings, network_from_bundle
 
         seg_bundle = self.segmentation_bundle
         candidates = [self.conf.get("checkpoint") or str(seg_bundle / "models" / "model.pt"),
                       os.path.join(self.model_dir, "segmentation.pt")]
 
         def segmentation_network():
-            net = network_from_bundle(seg_bundle, in_channels=1)
+            net = network_from_bundle(seg_bundle)
             load_checkpoint_or_warn(net, served_checkpoint(candidates), "deepedit trainer: segmentation model")
             return net
 
-        return {**super().trainer_kwargs(), "segmentation_network_factory": segmentation_network}
+        return {**super().trainer_kwargs(), "segmentation_network_factory": segmentation_network,
+                "segmentation_context_slices": int(bundle_settings(seg_bundle)["context_slices"])}

@@ -31,6 +31,7 @@ from typing import Sequence
 from ignite.engine import Events
 from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import DiceMetric
+from monai.data import DataLoader
 from monai.transforms import Activationsd, AsDiscreted
 
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
@@ -40,10 +41,12 @@ from lib.checkpoints import load_checkpoint_or_warn, served_checkpoint
 from lib.train_options import OPTIONS, check_train_params, trainer_config
 from lib.trainers.batch_norm import keep_batch_norm_frozen
 from lib.trainers.publishing import GuardedPublisher, holdout_split
+from monai_quantunet.data import SliceDataset
 from monai_quantunet.inference import slice_inferer
 from monai_quantunet.metrics import mean_volume_dice
 from monai_quantunet.losses import QuantUNetLoss
 from monai_quantunet.training import QuantUNetStatsHandler, freeze_bit_widths, make_optimizer
+from monai_quantunet.transforms import val_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +149,22 @@ class QuantUNetTrainTask(BasicTrainTask):
     def lr_scheduler_handler(self, context: Context):
         return None
 
-    # ---- transforms / metrics --------------------------------------------------------------------------------
+    # ---- data / transforms / metrics -------------------------------------------------------------------------
+    mask_keys: tuple[str, ...] = ("label",)  # the binary volumes sliced beside the image (SliceDataset)
+
+    def train_volume_transform(self, context: Context):
+        """Each labeled volume, once, before it is cut into slices (load, scale, resize in-plane)."""
+        return val_transforms(self.spatial_size)
+
+    def train_data_loader(self, context: Context, num_workers=0, shuffle=True):
+        """The bundles' training data: the labeled volumes' slices in memory (``SliceDataset``, with the bundle's
+        ``context_slices``), ``train_pre_transforms`` per slice, ``num_samples`` slices per labeled volume per
+        epoch drawn by its sampler (``tumor_fraction`` of them positive)."""
+        dataset = SliceDataset(context.train_datalist, self.train_volume_transform(context),
+                               self.train_pre_transforms(context), self.context_slices, self.mask_keys)
+        sampler = dataset.sampler(self.num_samples * len(context.train_datalist), self.tumor_fraction)
+        return DataLoader(dataset, batch_size=context.train_batch_size, sampler=sampler, num_workers=num_workers)
+
     def train_post_transforms(self, context: Context):
         return [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)]
 
