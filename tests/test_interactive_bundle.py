@@ -133,14 +133,31 @@ def test_inference_refines_with_a_clicks_file(trained, synthetic_dataset, tiny_s
     in_dir.mkdir()
     for p in images:
         (in_dir / p.name).write_bytes(p.read_bytes())
-    _run(str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), dataset_dir=str(in_dir),
-         checkpoint=str(out / "model.pt"), segmentation_checkpoint=str(tiny_segmentation), clicks_file=str(clicks_file),
-         output_dir=str(tmp_path / "out"), **TINY)
+    workflow = _run(str(CONFIGS / "inference.json"), workflow_type="infer", bundle_root=str(BUNDLE),
+                    dataset_dir=str(in_dir), checkpoint=str(out / "model.pt"),
+                    segmentation_checkpoint=str(tiny_segmentation), clicks_file=str(clicks_file),
+                    output_dir=str(tmp_path / "out"), **TINY)
+    assert workflow.check_properties() == []  # the model zoo's inference properties (dataset, evaluator, inferer...)
+    from monai_quantunet.inference import segment_volume
+    from monai_quantunet.interactive import refine_volume
+
+    network = workflow.parser.get_parsed_content("network")
+    segmentation = workflow.parser.get_parsed_content("segmentation_network")
     for p in images:
         mask = nib.load(tmp_path / "out" / p.name.replace(".nii.gz", "_seg.nii.gz"))
         assert mask.shape == nib.load(p).shape
         np.testing.assert_allclose(mask.affine, nib.load(p).affine)
+        # the bundle's evaluator is the library's chain: voxel for voxel the mask refine_volume gives
+        auto = segment_volume(segmentation, p, TINY["spatial_size"])
+        entry = clicks.get(p.name, {})
+        expected = refine_volume(network, p, auto, entry.get("foreground", []), entry.get("background", []),
+                                 TINY["spatial_size"])
+        np.testing.assert_array_equal(np.asarray(mask.dataobj) > 0, expected)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+        if not entry:  # no clicks: the auto-segmentation as it is
+            np.testing.assert_array_equal(expected, auto)
+    clicked = nib.load(tmp_path / "out" / images[0].name.replace(".nii.gz", "_seg.nii.gz"))
+    assert np.asarray(clicked.dataobj)[24, 24, 4] == 1  # the clicked voxel is tumor
     clicks_file.write_text(json.dumps({"nosuch.nii.gz": {"foreground": [[1, 1, 1]]}}))
     with pytest.raises(RuntimeError) as err:  # the config wraps the library's ValueError naming the file
         _run(str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), dataset_dir=str(in_dir),

@@ -31,7 +31,8 @@ from monai_quantunet.interactive.guidance import (
     ReachLimitedNetwork,
     directional_gate,
     locality_gate,
-    refine_files,
+    AddAutoSegmentationd,
+    click_items,
     refine_volume,
 )
 from monai_quantunet.interactive.training import (
@@ -50,7 +51,7 @@ __all__ = [
     "DEFAULT_SIGMA", "DEFAULT_SLICE_WEIGHTS", "REACH_RADIUS", "REACH_SLICES", "INPUT_CHANNELS", "CLICK_CORE_RADIUS", "ClickError",
     "click_maps_3d", "deepest_point", "gaussian_disc", "map_clicks", "parse_clicks", "reach_mask", "reach_slices", "robot_click",
     "AddInteractionGuidanced", "LocalityGated", "ReachLimitedNetwork", "directional_gate", "locality_gate", "refine_volume",
-    "refine_files", "example_inputs",
+    "AddAutoSegmentationd", "click_items", "example_inputs",
     "AddAutoMaskd", "AddRobotClicksd", "ClickRefinementInferer", "ClickSimulation", "GateByReachd",
     "InteractionInputsd", "RandPerturbMaskd", "expand_input_channels", "slice_transforms",
 ]

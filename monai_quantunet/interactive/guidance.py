@@ -47,7 +47,8 @@ __all__ = [
     "directional_gate",
     "LocalityGated",
     "refine_volume",
-    "refine_files",
+    "AddAutoSegmentationd",
+    "click_items",
     "example_inputs",
 ]
 
@@ -119,7 +120,7 @@ class AddInteractionGuidanced(MapTransform):
         guidance = click_maps_3d(grid_shape, fg, bg, self.sigma, self.slice_weights)
         data_t = torch.cat([image.as_tensor().float(), m.as_tensor().float().to(image.device), guidance.to(image.device)], dim=0)
         d[self.image_key] = MetaTensor(data_t, meta=image.meta, applied_operations=image.applied_operations)
-        d["guidance_clicks"] = {"foreground": fg.tolist(), "background": bg.tolist()}
+        d["guidance_clicks"] = {"foreground": fg, "background": bg}  # (N, 3) arrays: batch collation keeps them
         d["grid_affine"] = np.asarray(image.affine, dtype=float)
         d["grid_shape"] = grid_shape
         return d
@@ -283,38 +284,40 @@ def refine_volume(
     return gated
 
 
-def refine_files(network: nn.Module, segmentation_network: nn.Module, data: Sequence[dict], clicks: dict,
-                 output_dir: str | Path, spatial_size: Sequence[int] = (128, 128),
-                 segmentation_context_slices: int = 1) -> list[str]:
-    """The interactive bundle's inference: for each ``{"image": path}`` of ``data``, the auto-segmentation
-    (``segmentation_network`` through ``inference.segment_volume``, each slice seen with its
-    ``segmentation_context_slices`` neighbours) refined by the clicks of ``clicks[<file
-    name>]`` (``{"foreground": [[i, j, k], ...], "background": [...]}``, IJK of that file; a file without an entry
-    keeps its auto-segmentation). Writes ``<output_dir>/<case>_seg.nii.gz`` (uint8, the input's geometry);
-    returns the paths. Names in ``clicks`` that match no input raise ``ValueError``."""
-    from monai.transforms import LoadImage, SaveImage
+class AddAutoSegmentationd(MapTransform):
+    """The auto-segmentation of ``d[image_key]`` (a volume *file*, before loading) -> ``d[output_key]``: boolean
+    ``(X, Y, Z)`` in the file's voxel grid (``inference.segment_volume`` with the segmentation model's
+    ``spatial_size`` and ``context_slices``), the current mask that :class:`AddInteractionGuidanced` reads."""
 
-    from monai_quantunet.inference import segment_volume
+    def __init__(self, network: nn.Module, spatial_size: Sequence[int] = (128, 128), context_slices: int = 1,
+                 image_key: str = "image", output_key: str = "current_mask") -> None:
+        super().__init__([image_key])
+        self.network, self.spatial_size, self.context_slices = network, tuple(spatial_size), context_slices
+        self.image_key, self.output_key = image_key, output_key
 
+    def __call__(self, data: dict) -> dict:
+        from monai_quantunet.inference import segment_volume
+
+        d = dict(data)
+        d[self.output_key] = segment_volume(self.network, d[self.image_key], self.spatial_size,
+                                            context_slices=self.context_slices)
+        return d
+
+
+def click_items(data: Sequence[dict], clicks: dict) -> list[dict]:
+    """The interactive bundle's inputs: each ``{"image": path}`` of ``data`` with the clicks of
+    ``clicks[<file name>]`` (``{"foreground": [[i, j, k], ...], "background": [...]}``, IJK of that file; a file
+    without an entry gets none and keeps its auto-segmentation). Names in ``clicks`` that match no input raise
+    ``ValueError``."""
     names = {Path(item["image"]).name for item in data}
     unknown = sorted(set(clicks) - names)
     if unknown:
         raise ValueError(f"clicks_file: no input volume named {unknown[:3]} (inputs: {sorted(names)[:5]})")
-    saver = SaveImage(output_dir=str(output_dir), output_postfix="seg", output_ext=".nii.gz", output_dtype=np.uint8,
-                      resample=False, separate_folder=False, print_log=False)
-    written = []
+    items = []
     for item in data:
-        path = str(item["image"])
-        entry = clicks.get(Path(path).name, {})
-        auto = segment_volume(segmentation_network, path, spatial_size, context_slices=segmentation_context_slices)
-        mask = refine_volume(network, path, auto, entry.get("foreground", []), entry.get("background", []), spatial_size)
-        image = LoadImage(image_only=True)(path)
-        saver(MetaTensor(torch.from_numpy(mask[None].astype(np.uint8)), meta=image.meta))
-        name = Path(path).name
-        for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-            name = name.removesuffix(suffix)
-        written.append(str(Path(output_dir) / f"{name}_seg.nii.gz"))
-    return written
+        entry = clicks.get(Path(item["image"]).name, {})
+        items.append({**item, "foreground": entry.get("foreground", []), "background": entry.get("background", [])})
+    return items
 
 
 def example_inputs(slices: torch.Tensor) -> torch.Tensor:
