@@ -36,10 +36,10 @@ from monai.data import DataLoader, Dataset  # noqa: E402
 
 from monai_quantunet.data import load_datalist  # noqa: E402
 from paths import SEG_BUNDLE, SHARED_LGG_FLAIR  # noqa: E402
-from monai_quantunet.checkpoint import load_state_dict  # noqa: E402
+from monai_quantunet.checkpoint import load_checkpoint  # noqa: E402
 from monai_quantunet.inference import slice_inferer  # noqa: E402
 from monai_quantunet.bundle import bundle_settings, network_from_bundle  # noqa: E402
-from monai_quantunet.metrics import volume_metrics  # noqa: E402
+from monai_quantunet.metrics import volume_dices  # noqa: E402
 from monai_quantunet.transforms import val_transforms  # noqa: E402
 
 SETTINGS = {
@@ -50,18 +50,10 @@ SETTINGS = {
 }
 
 
-@torch.no_grad()
 def per_volume_dice(checkpoint: Path, items: list[dict], spatial_size) -> list[float]:
-    net = network_from_bundle()
-    net.load_state_dict(load_state_dict(checkpoint))
-    net.eval()
-    inferer = slice_inferer(spatial_size)
+    net = load_checkpoint(network_from_bundle(), checkpoint)
     loader = DataLoader(Dataset(items, val_transforms(spatial_size)), batch_size=1, num_workers=0)
-    scores = []
-    for batch in loader:
-        logits = inferer(batch["image"], net)
-        scores.append(float(volume_metrics(logits[0] > 0, batch["label"][0] > 0)["dice"]))
-    return scores
+    return volume_dices(net, loader, slice_inferer(spatial_size))
 
 
 def finetune(labeled: list[dict], setting: dict, workdir: Path, epochs: int) -> dict:

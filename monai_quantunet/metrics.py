@@ -16,7 +16,7 @@ from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 from monai.networks import eval_mode
 
-__all__ = ["volume_metrics", "mean_volume_dice", "PixelAccuracyMetric", "PixelAccuracy"]
+__all__ = ["volume_metrics", "volume_dices", "mean_volume_dice", "PixelAccuracyMetric", "PixelAccuracy"]
 
 
 def volume_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
@@ -38,14 +38,20 @@ def volume_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def mean_volume_dice(network: torch.nn.Module, data_loader, inferer, device: str | torch.device = "cpu") -> float:
-    """Mean per-volume Dice (logit > 0 vs label) of ``network`` over ``data_loader`` (batches with ``image``,
-    ``label``); restores the network's train/eval mode."""
+def volume_dices(network: torch.nn.Module, data_loader, inferer, device: str | torch.device = "cpu") -> list[float]:
+    """Per-volume Dice (logit > 0 vs label) of ``network`` over ``data_loader`` (batches with ``image``,
+    ``label``), in loader order; restores the network's train/eval mode."""
     scores = []
-    with eval_mode(network):
+    with eval_mode(network), torch.no_grad():
         for batch in data_loader:
             logits = inferer(batch["image"].to(device), network)
-            scores += [volume_metrics(p, g)["dice"] for p, g in zip(logits > 0, batch["label"].to(device) > 0)]
+            scores += [float(volume_metrics(p, g)["dice"]) for p, g in zip(logits > 0, batch["label"].to(device) > 0)]
+    return scores
+
+
+def mean_volume_dice(network: torch.nn.Module, data_loader, inferer, device: str | torch.device = "cpu") -> float:
+    """Mean of :func:`volume_dices` (NaN without volumes)."""
+    scores = volume_dices(network, data_loader, inferer, device)
     return float(sum(scores) / len(scores)) if scores else float("nan")
 
 
