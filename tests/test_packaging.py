@@ -1,5 +1,6 @@
 """The library builds as a wheel holding every module the bundles' configs and the MONAI Label app import."""
 
+import json
 import re
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import zipfile
 
 import pytest
 
-from conftest import BUNDLE, REPO
+from conftest import BUNDLE, INTERACTIVE_BUNDLE, REPO
 
 
 def imported_modules() -> set[str]:
@@ -35,8 +36,8 @@ def test_wheel_holds_what_bundles_and_app_import(tmp_path):
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_runs_the_bundle_outside_the_repository(tmp_path):
     """``pip install <wheel>`` (with the constraints file) in a new virtualenv is all a MONAI user needs: the
-    bundle's documented inference command runs from a copy of the bundle folder outside the repository and
-    writes the same mask as the repository's environment."""
+    documented inference commands of both bundles (the interactive one with a clicks file) run from copies of
+    the bundle folders outside the repository and write the same masks as the repository's environment."""
     import shutil
 
     import numpy as np
@@ -52,19 +53,22 @@ def test_wheel_in_a_fresh_venv_runs_the_bundle_outside_the_repository(tmp_path):
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), str(wheel)],
                    check=True, timeout=1800)
-    bundle = tmp_path / "elsewhere" / "quantunet_brain_tumor_seg"
-    shutil.copytree(BUNDLE, bundle,
-                    ignore=shutil.ignore_patterns("runs", "eval", "data", "export"))
     make_synthetic_dataset(tmp_path / "volumes", num_cases=1, shape=(64, 64, 8))
     images = sorted((tmp_path / "volumes").rglob("*.nii.gz"))
     image_dir = images[0].parent
-    masks = {}
-    for name, exe in (("wheel", python), ("repo", sys.executable)):
-        out = tmp_path / f"masks_{name}"
-        subprocess.run([str(exe), "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                        "--dataset_dir", str(image_dir), "--output_dir", str(out)],
-                       cwd=bundle, check=True, timeout=900, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-        masks[name] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*_seg.nii.gz"))}
-    assert masks["wheel"] and masks["wheel"].keys() == masks["repo"].keys()
-    for key in masks["wheel"]:
-        np.testing.assert_array_equal(masks["wheel"][key], masks["repo"][key])
+    clicks = tmp_path / "clicks.json"
+    clicks.write_text(json.dumps({images[0].name: {"foreground": [[32, 32, 4]], "background": [[2, 2, 1]]}}))
+    runs = {"segmentation": (BUNDLE, []), "interactive": (INTERACTIVE_BUNDLE, ["--clicks_file", str(clicks)])}
+    for kind, (source, extra) in runs.items():
+        bundle = tmp_path / "elsewhere" / source.name  # a copy standing alone: no sibling bundle, no repository
+        shutil.copytree(source, bundle, ignore=shutil.ignore_patterns("runs", "eval", "data", "export"))
+        masks = {}
+        for name, exe in (("wheel", python), ("repo", sys.executable)):
+            out = tmp_path / f"masks_{kind}_{name}"
+            subprocess.run([str(exe), "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                            "--dataset_dir", str(image_dir), "--output_dir", str(out), *extra],
+                           cwd=bundle, check=True, timeout=900, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+            masks[name] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*_seg.nii.gz"))}
+        assert masks["wheel"] and masks["wheel"].keys() == masks["repo"].keys(), kind
+        for key in masks["wheel"]:
+            np.testing.assert_array_equal(masks["wheel"][key], masks["repo"][key])
