@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make the FINN toolchain the FINN tests and the export's hardware verification use, in .finn/ (or $1):
-#   .finn/finn             FINN dev 73ba5ed (FINN_ROOT), with the qonnx commit it pins in finn/deps/qonnx
+#   .finn/finn             FINN dev (FINN_ROOT), with the qonnx commit it pins in finn/deps/qonnx; both commits are
+#                          read from monai_quantunet/export/finn_build/commits.py, the one place they are pinned
 #   .finn/venv             a Python environment of its own (FINN needs onnx 1.17 and bitstring 4; the project
 #                          runs on newer ones), pins in scripts/finn-requirements.txt
 #   .finn/hls              (where ../shared/toolchains/open-hls-sources.tar.gz exists) open-source HLS headers for
@@ -17,8 +18,15 @@ cd "$(dirname "$0")/.."
 IF_AVAILABLE=0
 if [ "${1:-}" = "--if-available" ]; then IF_AVAILABLE=1; shift; fi
 DEST=${1:-.finn}
-FINN_COMMIT=73ba5ed64e805cb765dda7e57694338d1917848f
-QONNX_COMMIT=f5c9819bd00f01f41e70639b8461c8e4b39432f7
+COMMITS=monai_quantunet/export/finn_build/commits.py
+commit() {  # the 40-digit hash of `$1 = "..."` in $COMMITS
+    local hash
+    hash=$(sed -n "s/^$1 = \"\([0-9a-f]\{40\}\)\".*/\1/p" "$COMMITS")
+    [ -n "$hash" ] || { echo "no $1 = \"<40-digit hash>\" line in $COMMITS" >&2; exit 1; }
+    echo "$hash"
+}
+FINN_COMMIT=$(commit FINN_COMMIT)
+QONNX_COMMIT=$(commit QONNX_COMMIT)
 SOURCES=${FINN_TOOLCHAIN_SOURCES:-../shared/toolchains}
 PY=${PYTHON:-python3}
 STAMP="$DEST/installed"

@@ -1,7 +1,8 @@
 """Export: QONNX / QCDQ equal PyTorch, FINN folder, cost report, clean failures, CLI and bundle config."""
 
 import json
-import py_compile
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from monai_quantunet.export import (
     export_model,
     onnx_network,
 )
+from monai_quantunet.export.finn_build.commits import QONNX_COMMIT
+from monai_quantunet.export.finn_build.steps import UNET_STEPS, step_name
 from monai_quantunet.export.qonnx import run_qonnx
 from monai_quantunet.export.verify import QONNX_ATOL, compare_logits
 from monai_quantunet.inference import predict_volume
@@ -50,8 +53,8 @@ def test_widths_span_2_to_8(net):
 def test_files_present(exported):
     names = {p.relative_to(exported.out_dir).as_posix() for p in exported.out_dir.rglob("*")}
     assert {"model.qonnx.onnx", "model.qcdq.onnx", "cost.json", "bit_widths.png", "finn/model.onnx",
-            "finn/dataflow_build_config.json", "finn/build.py", "finn/finn_fifo.py", "finn/input.npy",
-            "finn/expected_output.npy", "finn/README.md"} <= names
+            "finn/dataflow_build_config.json", "finn/build.py", "finn/host.py", "finn/finn_build/steps.py",
+            "finn/finn_build/fifo_model.py", "finn/input.npy", "finn/expected_output.npy", "finn/README.md"} <= names
     assert not [p for p in exported.out_dir.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
@@ -101,18 +104,20 @@ def test_finn_folder(exported, net, slices):
     assert cfg["large_fifo_mem_style"] == "block"
     assert "folded_hls_cppsim" not in cfg["verify_steps"]  # FINN's own would compare integers with PyTorch logits
     assert cfg["unet_cppsim_slices"] == 1  # build.py's own cppsim check, where HLS headers exist
-    py_compile.compile(str(finn / "build.py"), doraise=True)
+    # the folder's programs run its own copy of the build package (here without FINN: the command line only)
+    usage = subprocess.run([sys.executable, "build.py", "--help"], cwd=finn, capture_output=True, text=True,
+                           check=True)
+    assert "--steps-until" in usage.stdout and "step_hw_codegen" in usage.stdout
     x, y = np.load(finn / cfg["verify_input_npy"]), np.load(finn / cfg["verify_expected_output_npy"])
     assert x.shape == (len(slices), 1, *SIZE) and y.shape == (len(slices), 1, *SIZE)
     with torch.no_grad():
         np.testing.assert_array_equal(y, net(torch.from_numpy(x)).numpy())  # PyTorch's logits
     assert compare_logits(y, run_qonnx(ModelWrapper(str(finn / "model.onnx")), x), QONNX_ATOL)["passed"]
     readme = (finn / "README.md").read_text()
-    assert "f5c9819" in readme and "logit > 0" in readme and "step_hw_codegen" in readme and "step_hw_ipgen" in readme
+    assert QONNX_COMMIT[:7] in readme and "logit > 0" in readme
+    assert "step_hw_codegen" in readme and "step_hw_ipgen" in readme
 
-    from monai_quantunet.export import finn_build
-
-    names = [finn_build.step_name(s) for s in finn_build.UNET_STEPS]
+    names = [step_name(s) for s in UNET_STEPS]
     assert "step_unet_convert_to_hw" in names and "step_target_fps_parallelization" not in names
     assert "step_make_driver" in names and names.index("step_hw_codegen") < names.index("step_hw_ipgen")
 

@@ -19,9 +19,9 @@ from qonnx.core.modelwrapper import ModelWrapper
 from tiny_unet import SIZE, mixed_width_net
 
 from monai_quantunet.export import export_model
-from monai_quantunet.export.finn_build import part_resources
-from monai_quantunet.export.finn_host import apply_host_tail
-from monai_quantunet.export.finn_fifo import VIVADO_MAX_DEPTH, fifo_memory
+from monai_quantunet.export.finn_build.fifo_model import VIVADO_MAX_DEPTH, fifo_memory
+from monai_quantunet.export.finn_build.host_tail import apply_host_tail
+from monai_quantunet.export.finn_build.targets import part_resources
 from monai_quantunet.export.finn_toolchain import FinnBuildError
 
 TARGET_FPS = 2000  # at 100 MHz: 50,000 cycles per 32x32 slice, which the serial design (295k) misses
@@ -98,15 +98,17 @@ def test_folded_graph_integer_output_is_exact(built, net, slices):
 
 CORRUPT_LAYER = """
 import sys
-import build
+from finn_build import FOLDER, UNetBuildError
+from finn_build.build import load_config
+from finn_build.verification import step_unet_verify_folded
 from qonnx.core.modelwrapper import ModelWrapper
-cfg = build.load_config(build.HERE / "dataflow_build_config.json")
+cfg = load_config(FOLDER / "dataflow_build_config.json")
 model = ModelWrapper("output/intermediate_models/step_transpose_decomposition.onnx")
 node = model.get_node_from_name(sys.argv[1])
 model.set_initializer(node.input[1], -model.get_initializer(node.input[1]))
 try:
-    build.step_unet_verify_folded(model, cfg)
-except build.UNetBuildError as e:
+    step_unet_verify_folded(model, cfg)
+except UNetBuildError as e:
     print(e)
 """
 

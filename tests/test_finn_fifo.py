@@ -1,10 +1,10 @@
-"""The FIFO model (``monai_quantunet.export.finn_fifo``) on small U-Nets whose FIFO depths are worked out by hand,
-its data dependencies, its errors and the FIFO memory count. Needs no FINN."""
+"""The FIFO model (``monai_quantunet.export.finn_build.fifo_model``) on small U-Nets whose FIFO depths are worked
+out by hand, its data dependencies, its errors and the FIFO memory count. Needs no FINN."""
 
 import numpy as np
 import pytest
 
-from monai_quantunet.export.finn_fifo import (
+from monai_quantunet.export.finn_build.fifo_model import (
     FifoModelError,
     StreamNode,
     elementwise,
@@ -136,7 +136,7 @@ def test_fifo_memory_as_vivado_builds_it():
 
 def test_memory_style_per_part_and_fifos_no_part_holds_are_named():
     from monai_quantunet.export.finn import build_config
-    from monai_quantunet.export.finn_build import plan_memory
+    from monai_quantunet.export.finn_build.fifos import plan_memory
 
     assert build_config("KV260_SOM")["large_fifo_mem_style"] == "ultra"  # K26 has URAM
     assert build_config("Ultra96-V2")["large_fifo_mem_style"] == "block"

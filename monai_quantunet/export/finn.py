@@ -1,7 +1,7 @@
-"""The FINN build folder: QONNX model, build config, the U-Net build script, verification slices, README.
+"""The FINN build folder: QONNX model, build config, the U-Net build package, verification slices, README.
 
-Nothing here imports FINN: ``build.py`` (a copy of :mod:`monai_quantunet.export.finn_build`) imports it
-inside its functions; :mod:`monai_quantunet.export.finn_toolchain` runs it in FINN's own environment.
+Nothing here imports FINN: the folder's ``build.py`` runs a copy of :mod:`monai_quantunet.export.finn_build`, which
+imports it inside its functions; :mod:`monai_quantunet.export.finn_toolchain` runs it in FINN's own environment.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_quantunet.export.finn_build import (
+from monai_quantunet.export.finn_build import commits
+from monai_quantunet.export.finn_build.steps import VIVADO_STEPS
+from monai_quantunet.export.finn_build.targets import (
     BOARD_PARTS,
     MAX_UTILIZATION,
-    VIVADO_STEPS,
     fifo_ram_style,
     part_resources,
     resolve_part,
@@ -27,11 +28,16 @@ __all__ = ["DEFAULT_BOARD", "DEFAULT_CLK_NS", "DEFAULT_TARGET_FPS", "FINN_COMMIT
 DEFAULT_BOARD = "Pynq-Z1"  # Zynq-7020: small, low power, FINN's reference board
 DEFAULT_TARGET_FPS = 30  # slices per second
 DEFAULT_CLK_NS = 10.0  # 100 MHz
-FINN_COMMIT = "73ba5ed"  # FINN dev, 2026-04-17
-QONNX_COMMIT = "f5c9819"  # the qonnx FINN dev pins
-BUILD_SCRIPT = Path(__file__).with_name("finn_build.py")
-FIFO_MODEL = Path(__file__).with_name("finn_fifo.py")  # imported by build.py from beside it
-HOST_PROGRAM = Path(__file__).with_name("finn_host.py")  # host.py in the folder
+FINN_COMMIT, QONNX_COMMIT = commits.FINN_COMMIT[:7], commits.QONNX_COMMIT[:7]  # abbreviated, as the docs print them
+BUILD_PACKAGE = Path(__file__).with_name("finn_build")  # copied whole into the folder
+PROGRAMS = {"build.py": "build", "host.py": "host"}  # the folder's programs: the finn_build module each runs
+PROGRAM = '''"""Runs finn_build/{module}.py (see its docstring, or --help)."""
+
+from finn_build.{module} import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+'''
 
 
 def build_config(board: str | None = DEFAULT_BOARD, fpga_part: str | None = None,
@@ -84,9 +90,9 @@ def write_finn_folder(folder: str | Path, qonnx_path: str | Path, slices: np.nda
     cfg = build_config(**config_kwargs)
     folder.mkdir()
     shutil.copyfile(qonnx_path, folder / "model.onnx")
-    shutil.copyfile(BUILD_SCRIPT, folder / "build.py")
-    shutil.copyfile(FIFO_MODEL, folder / FIFO_MODEL.name)
-    shutil.copyfile(HOST_PROGRAM, folder / "host.py")
+    shutil.copytree(BUILD_PACKAGE, folder / BUILD_PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
+    for program, module in PROGRAMS.items():
+        (folder / program).write_text(PROGRAM.format(module=module))
     (folder / "dataflow_build_config.json").write_text(json.dumps(cfg, indent=2))
     np.save(folder / "input.npy", np.asarray(slices, dtype=np.float32))
     np.save(folder / "expected_output.npy", np.asarray(logits, dtype=np.float32))
@@ -122,9 +128,9 @@ converters by FINN's estimates, every FIFO as Vivado builds it (supported boards
 |---|---|
 | `model.onnx` | the QONNX model (Brevitas export, qonnx-cleaned), input `(1, {c}, {h}, {w})` float, NCHW |
 | `dataflow_build_config.json` | FINN `DataflowBuildConfig` (paths relative to this folder) |
-| `build.py` | the build: FINN's steps plus the U-Net's own (see its docstring) |
-| `finn_fifo.py` | the FIFO model `build.py` sizes the FIFOs with (below) |
-| `host.py` | the board's host program: volume in, mask out (below) |
+| `build.py` | the build (runs `finn_build/build.py`): FINN's steps plus the U-Net's own (`finn_build/steps.py`) |
+| `finn_build/` | the build's package, one concept per module (targets, steps, folding, FIFOs, verification, ...: see its `__init__.py`) |
+| `host.py` | the board's host program (runs `finn_build/host.py`): volume in, mask out (below) |
 | `input.npy`, `expected_output.npy` | {n} real slices and the PyTorch QuantU-Net's logits on them |
 
 ## Run
@@ -177,14 +183,15 @@ whole latency. Undersized, the fork blocks, the down path starves and the concat
 (FINN issue #1094).
 
 1. **Here, without Vivado (default, `auto_fifo_depths: false`)**: `step_unet_fifo_depths` inserts FINN's width
-   converters and runs `finn_fifo.py`, a stream-level model of the folded graph: each layer's FINN cycle estimate,
-   its raster-order data dependencies (window generators, padding, upsampling, forks, concats), frames fed at the
-   folding's interval. Each FIFO gets the most words its stream holds in that schedule, so no layer waits for space
-   and frames stream at the interval; FINN's own `InsertFIFO` writes the depths (`depth`, `impl_style` rtl up to
-   256 words, else an `axis_data_fifo` with `ram_style` `{cfg['large_fifo_mem_style']}`: {memory}), `split_large_fifos`
-   splits them into `axis_data_fifo`s of at most 32,768 words. A graph whose FIFOs cannot complete a frame (a cycle
-   in the dependencies, a FIFO larger than any memory of the part) stops the build naming the FIFO. The model is a
-   transaction-level estimate (whole pixels, FINN's cycle estimates), not a simulation of the RTL.
+   converters and runs the FIFO model (`finn_build/fifo_model.py`), a stream-level model of the folded graph: each
+   layer's FINN cycle estimate, its raster-order data dependencies (window generators, padding, upsampling, forks,
+   concats), frames fed at the folding's interval. Each FIFO gets the most words its stream holds in that
+   schedule, so no layer waits for space and frames stream at the interval; FINN's own `InsertFIFO` writes the
+   depths (`depth`, `impl_style` rtl up to 256 words, else an `axis_data_fifo` with `ram_style`
+   `{cfg['large_fifo_mem_style']}`: {memory}), `split_large_fifos` splits them into `axis_data_fifo`s of at most
+   32,768 words. A graph whose FIFOs cannot complete a frame (a cycle in the dependencies, a FIFO larger than any
+   memory of the part) stops the build naming the FIFO. The model is a transaction-level estimate (whole pixels,
+   FINN's cycle estimates), not a simulation of the RTL.
 2. **With Vivado**: set `auto_fifo_depths: true`. `step_unet_fifo_depths` then inserts only the width converters
    (and still reports the model's depths), and FINN's `step_set_fifo_depths` sizes every FIFO by RTL simulation
    (`auto_fifo_strategy`, `largefifo_rtlsim` by default). Prefer it where Vivado exists; compare its
@@ -203,7 +210,7 @@ The accelerator takes the slice as `(1, {h}, {w}, {c})` (NHWC) float32 values (t
 network was trained on; the first layer quantizes them to 8 bits{_channels_note(c)}) and streams out `(1, {h}, {w}, 1)` integer
 accumulators of the 1x1 head (NHWC, datatype in `host_tail.json`, read from the final graph). The host finishes
 the network exactly as `output/intermediate_models/dataflow_parent.onnx` does, with the constants listed in
-`host_tail.json` (`build.py`'s `apply_host_tail`):
+`host_tail.json` (`finn_build/host_tail.py`'s `apply_host_tail`):
 
     logits = transpose(y, (0, 3, 1, 2)) * scale + bias     # (1, 1, {h}, {w}) logits
     mask = logits > 0                                      # logit > 0 is tumor; no sigmoid on the FPGA

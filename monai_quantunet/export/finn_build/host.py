@@ -1,4 +1,4 @@
-"""Segment a volume with the FINN accelerator (copied into the FINN build folder as ``host.py``).
+"""Segment a volume with the FINN accelerator: the program of the FINN folder's ``host.py``.
 
     python host.py IMAGE MASK --bitfile deploy/bitfile/finn-accel.bit --driver deploy/driver   # on a PYNQ board
     python host.py IMAGE MASK --finn-python .finn/venv/bin/python   # no board: FINN's Python execution instead
@@ -27,22 +27,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["AcceleratorNetwork", "apply_host_tail", "main", "pynq_accelerator", "python_accelerator",
-           "segment_file"]
+from . import FOLDER
+from .host_tail import apply_host_tail
 
-HERE = Path(__file__).resolve().parent
-
-
-def apply_host_tail(y: np.ndarray, ops: list[dict]) -> np.ndarray:
-    """The host's part of the network (``host_tail.json``'s ``host_ops``) on accelerator outputs ``y``, float32."""
-    y = np.asarray(y, dtype=np.float32)
-    for op in ops:
-        if op["op"] == "Transpose":
-            y = y.transpose(op["perm"])
-        else:
-            value = np.asarray(op["value"], dtype=np.float32).reshape(op["shape"])  # broadcast as in ONNX
-            y = y * value if op["op"] == "Mul" else y + value
-    return y
+__all__ = ["AcceleratorNetwork", "main", "pynq_accelerator", "python_accelerator", "segment_file"]
 
 
 class AcceleratorNetwork(nn.Module):
@@ -75,7 +63,7 @@ def pynq_accelerator(bitfile: str | Path, driver_dir: str | Path) -> Callable[[n
     return lambda x: np.concatenate([overlay.execute(s[None]) for s in x])
 
 
-def python_accelerator(finn_python: str | Path, folder: str | Path = HERE) -> Callable[[np.ndarray], np.ndarray]:
+def python_accelerator(finn_python: str | Path, folder: str | Path = FOLDER) -> Callable[[np.ndarray], np.ndarray]:
     """The accelerator replaced by FINN's Python execution of the built graph (``build.py --execute``), run by
     ``finn_python`` (a Python with FINN; ``FINN_ROOT`` from the environment or ``<its venv>/../finn``)."""
     env = dict(os.environ)
@@ -111,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", help="input volume (.nii, .nii.gz, .nrrd)")
     parser.add_argument("mask", help="output mask (its extension picks the format)")
-    parser.add_argument("--bitfile", default=str(HERE / "output" / "deploy" / "bitfile" / "finn-accel.bit"))
-    parser.add_argument("--driver", default=str(HERE / "output" / "deploy" / "driver"),
+    parser.add_argument("--bitfile", default=str(FOLDER / "output" / "deploy" / "bitfile" / "finn-accel.bit"))
+    parser.add_argument("--driver", default=str(FOLDER / "output" / "deploy" / "driver"),
                         help="FINN's generated driver folder (driver.py, driver_base.py)")
     parser.add_argument("--finn-python", default=None,
                         help="no board: run FINN's Python execution of the built graph with this Python instead")
-    parser.add_argument("--host-tail", default=str(HERE / "output" / "host_tail.json"))
+    parser.add_argument("--host-tail", default=str(FOLDER / "output" / "host_tail.json"))
     args = parser.parse_args(argv)
     host_tail = json.loads(Path(args.host_tail).read_text())
     execute = python_accelerator(args.finn_python) if args.finn_python else pynq_accelerator(args.bitfile, args.driver)
@@ -124,6 +112,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.mask}: {int(labels.sum())} of {labels.size} voxels segmented")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,7 @@ concat waits for both. This model sizes every FIFO from the graph itself:
 
 Pixel granularity rounds occupancy up to whole pixels (conservative). :func:`fifo_memory` counts a FIFO's memory
 the way Vivado builds it. Nothing here imports FINN: the FINN graph is translated into :class:`StreamNode` by
-``build.py`` (``stream_nodes``). Copied into a FINN build folder beside ``build.py``.
+:func:`.fifos.stream_nodes`.
 """
 
 from __future__ import annotations
