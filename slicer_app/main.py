@@ -31,7 +31,7 @@ Start (offline, CPU)::
 
 A training run publishes only under the rule in ``lib/trainers/base.py`` (held-out volumes, minimum gain).
 
-Requests are checked by the app (``lib/validation.py``, ``lib/guards.py``, ``lib/datastore.py``): bad names,
+Requests are checked by the app (``lib/validation/``, ``lib/guards.py``, ``lib/datastore.py``): bad names,
 files and parameters answer 4xx with a message, nothing outside the studies folder is read or written, and final
 labels are written only by label uploads.
 """
