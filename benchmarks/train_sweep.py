@@ -69,12 +69,11 @@ import torch
 from machine import machine_info
 from results_table import load, paired_difference, pareto_png, table
 
-from paths import SHARED_LGG_FLAIR
+from paths import REPO, SHARED_LGG_FLAIR
+from paths import SEG_BUNDLE as BUNDLE
 
 from monai_quantunet.data import load_datalist, make_skull_stripped_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "quantunet_brain_tumor_seg"
 CONFIGS = BUNDLE / "configs"
 TRAIN_CONFIG = CONFIGS / "train.json"
 RESULTS = REPO / "benchmarks" / "results" / "sweep"
@@ -285,17 +284,15 @@ def epoch_seconds(log: Path) -> list[float]:
 
 def plot_widths_by_lambda(histories: dict[str, list[dict]], path: Path) -> None:
     """Heatmap of the final width of every quantizer (rows) for each learned run (columns), as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
     import numpy as np
 
     names = list(histories)
     layers = [(r["name"], r["kind"]) for r in histories[names[0]][-1]["layers"] if r["kind"] != "input"]
     bits = np.array([[next(r["bits"] for r in histories[n][-1]["layers"] if r["name"] == layer) for n in names]
                      for layer, _ in layers])
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 0.28 * len(layers) + 1.5))
+    fig = Figure(figsize=(1.2 * len(names) + 3, 0.28 * len(layers) + 1.5))
+    ax = fig.subplots()
     im = ax.imshow(bits, cmap="viridis", aspect="auto", vmin=bits.min(), vmax=bits.max())
     for (i, j), b in np.ndenumerate(bits):
         ax.text(j, i, f"{b:g}", ha="center", va="center", fontsize=7, color="w" if b < bits.mean() else "k")
@@ -305,7 +302,6 @@ def plot_widths_by_lambda(histories: dict[str, list[dict]], path: Path) -> None:
     fig.colorbar(im, ax=ax, label="bits")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def training_time_table(median_epoch_seconds: dict[str, float]) -> str:
@@ -405,12 +401,10 @@ def seed_table(found: dict[str, dict[int, dict]]) -> tuple[str, dict]:
 
 def plot_curves(found: dict[str, dict[int, dict]], path: Path) -> None:
     """Validation Dice per epoch of each run's first seed (float twin on its own panel: it trains from scratch)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig = Figure(figsize=(12, 4.2))
+    axes = fig.subplots(1, 2)
     for name, seeds in found.items():
         history = next(iter(seeds.values()))["history"]
         points = [(h["epoch"], h["val_dice"]) for h in history if "val_dice" in h]
@@ -424,7 +418,6 @@ def plot_curves(found: dict[str, dict[int, dict]], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def report(results: Path) -> None:
@@ -704,12 +697,10 @@ def cv_markdown(summary: dict, baselines: dict, reference: str) -> str:
 
 def plot_cv(summary: dict, rows: dict, path: Path) -> None:
     """Per-patient out-of-fold Dice of each arm (original and skull-stripped), means with ± s.e. bars, as PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.8 * len(summary) + 3, 4.2))
+    fig = Figure(figsize=(1.8 * len(summary) + 3, 4.2))
+    ax = fig.subplots()
     for i, name in enumerate(summary):
         for j, (key, colour) in enumerate((("dice", "C0"), ("dice_skull_stripped", "C1"))):
             x = i + (j - 0.5) * 0.35
@@ -725,7 +716,6 @@ def plot_cv(summary: dict, rows: dict, path: Path) -> None:
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

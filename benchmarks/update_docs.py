@@ -30,12 +30,12 @@ import finetune
 from cost import markdown_tables
 from machine import describe
 from results_table import PAPER, load, paired_difference, table
+from paths import INTERACTIVE_BUNDLE, REPO, SEG_BUNDLE
 from train_sweep import collect, plateau_table, run_dir, run_overrides, seed_table, training_time_table
 
-REPO = Path(__file__).resolve().parents[1]
-INTERACTIVE_DOCS = REPO / "bundles" / "quantunet_interactive_tumor_seg" / "docs" / "README.md"
+INTERACTIVE_DOCS = INTERACTIVE_BUNDLE / "docs" / "README.md"
 APP_README = REPO / "slicer_app" / "README.md"
-BUNDLE_DOCS = REPO / "bundles" / "quantunet_brain_tumor_seg" / "docs"
+BUNDLE_DOCS = SEG_BUNDLE / "docs"
 README = REPO / "README.md"
 
 
