@@ -504,12 +504,12 @@ def _dice(pred: float, inter: float, label: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_cases(overrides: dict, checkpoint: Path, cases: list[str], roots: dict[str, Path]) -> dict:
+def evaluate_cases(overrides: dict, checkpoint: Path, cases: list[str], roots: dict[str, Path], flip: bool = True) -> dict:
     """The bundle's segmentation chain on ``cases`` of each image set (``roots``: set -> dataset folder), at the
     volumes' own resolution: per case and set, label voxels and, for every logit threshold of ``THRESHOLDS``,
-    predicted and overlapping voxels, without (``plain``) and with flip test-time augmentation (``flip``: mean of
-    the logits of the volume and of its left-right mirror). ``overrides``: the run's bundle overrides (network and
-    ``spatial_size``; 2D networks only). Returns ``{"cases": [...], "bits": totals}``."""
+    predicted and overlapping voxels, without (``plain``) and, if ``flip``, with flip test-time augmentation
+    (``flip``: mean of the logits of the volume and of its left-right mirror). ``overrides``: the run's bundle
+    overrides (network and ``spatial_size``; 2D networks only). Returns ``{"cases": [...], "bits": totals}``."""
     from monai.transforms import Compose
 
     from monai_quantunet.bitwidth import bit_width_report
@@ -533,9 +533,12 @@ def evaluate_cases(overrides: dict, checkpoint: Path, cases: list[str], roots: d
         for case in cases:
             d = preprocessing(dict(entries[case]))
             logits = predict_volume(network, d["image"][None], spatial_size)
-            mirrored = predict_volume(network, d["image"][None].flip(2), spatial_size).flip(2)
+            predictions = [("plain", logits)]
+            if flip:
+                mirrored = predict_volume(network, d["image"][None].flip(2), spatial_size).flip(2)
+                predictions.append(("flip", (logits + mirrored) / 2))
             record = {}
-            for tta, pred in (("plain", logits), ("flip", (logits + mirrored) / 2)):
+            for tta, pred in predictions:
                 inverted = invert({**d, "pred": pred[0]})
                 p, label = inverted["pred"][0].flatten(), inverted["label"][0].flatten() > 0
                 above = p[None] > thresholds  # (thresholds, voxels)
