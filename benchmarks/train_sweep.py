@@ -48,6 +48,9 @@ patients is applied to each fold). ``<results>/<run>/fold<k>/`` keeps ``cases.js
 evaluates existing checkpoints (the shipped models) on fold 0 beside the new models of fold 0:
 
     python benchmarks/train_sweep.py --preset cv --baselines "shipped learned=learned@0.25:init4=<bundle>/models/model.pt"
+
+``--only-folds 0 --float-init <bundle>/models/float_model.pt`` trains fold 0 alone (the validation split) with a
+float twin fine-tuned from the shipped one, which trained on that fold's training patients only.
 """
 
 from __future__ import annotations
@@ -228,6 +231,12 @@ def main() -> None:
     parser.add_argument("--folds", type=int,
                         help="patient-level K-fold cross-validation over every case of the datalist (0: its split)")
     parser.add_argument("--float-epochs", type=int, help="with --folds: epochs of the float twin")
+    parser.add_argument("--only-folds", nargs="+", type=int, metavar="K",
+                        help="with --folds: train and evaluate these folds only (default: all)")
+    parser.add_argument("--float-init", default="",
+                        help="with --folds: checkpoint the float twin fine-tunes from (default: random weights); it must "
+                             "not have seen the held-out patients, so it is refused for folds other than 0 (the shipped "
+                             "float twin trained on the datalist's training split, i.e. on folds 1..K-1)")
     parser.add_argument("--baselines", nargs="*", default=[], metavar="LABEL=RUN=CHECKPOINT",
                         help="with --folds: checkpoints evaluated on fold 0 (the validation split) beside the new models")
     args = parser.parse_args()
@@ -241,6 +250,10 @@ def main() -> None:
         (cv_report if args.folds else report)(Path(args.results))
         return
     if args.folds:
+        if args.only_folds is not None and not set(args.only_folds) <= set(range(args.folds)):
+            parser.error(f"--only-folds {args.only_folds}: folds are 0..{args.folds - 1}")
+        if args.float_init and set(args.only_folds or range(args.folds)) != {0}:
+            parser.error("--float-init is for fold 0 only (--only-folds 0): the other folds' patients trained it")
         torch.set_num_threads(args.threads or 1)
         cross_validate(args)
         return
@@ -484,12 +497,12 @@ def _dice(pred: float, inter: float, label: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_cases(overrides: dict, checkpoint: Path, cases: list[str], roots: dict[str, Path]) -> dict:
+def evaluate_cases(overrides: dict, checkpoint: Path, cases: list[str], roots: dict[str, Path], flip: bool = True) -> dict:
     """The bundle's segmentation chain on ``cases`` of each image set (``roots``: set -> dataset folder), at the
     volumes' own resolution: per case and set, label voxels and, for every logit threshold of ``THRESHOLDS``,
-    predicted and overlapping voxels, without (``plain``) and with flip test-time augmentation (``flip``: mean of
-    the logits of the volume and of its left-right mirror). ``overrides``: the run's bundle overrides (network and
-    ``spatial_size``; 2D networks only). Returns ``{"cases": [...], "bits": totals}``."""
+    predicted and overlapping voxels, without (``plain``) and, if ``flip``, with flip test-time augmentation
+    (``flip``: mean of the logits of the volume and of its left-right mirror). ``overrides``: the run's bundle
+    overrides (network and ``spatial_size``; 2D networks only). Returns ``{"cases": [...], "bits": totals}``."""
     from monai.transforms import Compose
 
     from monai_quantunet.bitwidth import bit_width_report
@@ -513,9 +526,12 @@ def evaluate_cases(overrides: dict, checkpoint: Path, cases: list[str], roots: d
         for case in cases:
             d = preprocessing(dict(entries[case]))
             logits = predict_volume(network, d["image"][None], spatial_size)
-            mirrored = predict_volume(network, d["image"][None].flip(2), spatial_size).flip(2)
+            predictions = [("plain", logits)]
+            if flip:
+                mirrored = predict_volume(network, d["image"][None].flip(2), spatial_size).flip(2)
+                predictions.append(("flip", (logits + mirrored) / 2))
             record = {}
-            for tta, pred in (("plain", logits), ("flip", (logits + mirrored) / 2)):
+            for tta, pred in predictions:
                 inverted = invert({**d, "pred": pred[0]})
                 p, label = inverted["pred"][0].flatten(), inverted["label"][0].flatten() > 0
                 above = p[None] > thresholds  # (thresholds, voxels)
@@ -533,9 +549,10 @@ def cv_train_and_evaluate(name: str, fold: int, folds: list[list[str]], roots: d
     kept = run_dir(args.results, name) / f"fold{fold}"
     epochs = args.float_epochs if run_overrides(name)["quantization"] == "float" else args.epochs
     float_twin = run_dir(args.out, "float").resolve() / f"fold{fold}" / "model.pt"
+    float_init = str(Path(args.float_init).resolve()) if args.float_init else ""
     datalist = fold_datalist(Path(args.dataset_dir), folds[fold], out / "dataset.json")
     overrides = _overrides(name, args.seeds[0], args, out, datalist=str(datalist), max_epochs=epochs, val_interval=epochs,
-                           init_checkpoint="" if run_overrides(name)["quantization"] == "float" else str(float_twin))
+                           init_checkpoint=float_init if run_overrides(name)["quantization"] == "float" else str(float_twin))
     print(f"start {name} fold {fold}", flush=True)
     start = time.time()
     if not (out / "model.pt").is_file():
@@ -548,7 +565,8 @@ def cv_train_and_evaluate(name: str, fold: int, folds: list[list[str]], roots: d
     (kept / "cases.json").write_text(json.dumps(evaluation))
     record = {"run": name, "fold": fold, "overrides": overrides | {
                   "dataset_dir": Path(args.dataset_dir).name, "output_dir": "", "ckpt_dir": "", "datalist": "",
-                  "init_checkpoint": "float/fold%d" % fold if overrides["init_checkpoint"] else "",
+                  "init_checkpoint": Path(float_init).name if overrides["init_checkpoint"] == float_init
+                  else "float/fold%d" % fold if overrides["init_checkpoint"] else "",
                   **({"teacher_checkpoint": "float/fold%d" % fold} if "teacher_checkpoint" in overrides else {})},
               "command": " ".join(["python", "benchmarks/train_sweep.py", *sys.argv[1:]]),
               "wall_seconds": wall, "evaluation_seconds": time.time() - start,
@@ -571,7 +589,7 @@ def cross_validate(args: argparse.Namespace) -> None:
                                  "folds": folds}, indent=1))
     stripped = make_skull_stripped_dataset(args.dataset_dir, Path(args.out) / "skull_stripped").parent
     roots = {"original": Path(args.dataset_dir), "skull_stripped": stripped}
-    for fold in range(args.folds):
+    for fold in args.only_folds if args.only_folds is not None else range(args.folds):
         for name in args.runs:
             if args.force or not (run_dir(results, name) / f"fold{fold}" / "run.json").is_file():
                 cv_train_and_evaluate(name, fold, folds, roots, args)

@@ -30,6 +30,17 @@ def test_run_names_map_to_bundle_overrides():
         train_sweep.run_overrides("fixed9")
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--only-folds", "5"], "folds are 0..4"),
+    (["--only-folds", "0", "1", "--float-init", "float_model.pt"], "fold 0 only"),
+    (["--float-init", "float_model.pt"], "fold 0 only"),
+])
+def test_cross_validation_refuses_unknown_folds_and_a_float_init_that_saw_held_out_patients(extra, message, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_sweep.py"), "--preset", "cv", "--folds", "5",
+                             "--out", str(tmp_path), "--results", str(tmp_path), *extra], capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr and not any(tmp_path.iterdir())
+
+
 def test_paired_difference_matches_volumes_by_case():
     a = {"cases": [{"case": "x", "dice": 0.5}, {"case": "y", "dice": 0.9}]}
     b = {"cases": [{"case": "y", "dice": 0.8}, {"case": "x", "dice": 0.3}]}

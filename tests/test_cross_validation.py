@@ -103,3 +103,33 @@ def test_distilled_run_names():
         "distill_weight": train_sweep.DISTILL_WEIGHT}
     with pytest.raises(ValueError, match="teacher"):
         train_sweep.run_overrides("float:kd")
+
+
+def test_threshold_is_calibrated_on_the_training_cases_and_only_read_off_the_held_out_ones(synthetic_dataset, tmp_path,
+                                                                                           monkeypatch):
+    import calibrate_threshold
+
+    def case(name: str, dice_at) -> dict:  # label = prediction = 100 voxels: Dice = overlap / 100
+        counts = {"label": 100, "plain": {"pred": [100] * len(train_sweep.THRESHOLDS),
+                                          "inter": [round(100 * dice_at(t)) for t in train_sweep.THRESHOLDS]}}
+        return {"case": name, "original": counts, "skull_stripped": counts}
+
+    datalist = json.loads((synthetic_dataset / "dataset.json").read_text())
+    held_out = [train_sweep.case_name(e) for e in datalist["validation"]]
+    kept = tmp_path / "results" / "fixed4" / "fold0"
+    kept.mkdir(parents=True)
+    (kept / "run.json").write_text(json.dumps({"overrides": {"quantization": "fixed", "bit_width": 4}}))
+    (kept / "cases.json").write_text(json.dumps({"cases": [case(c, lambda t: 0.8 if t == -1.0 else 0.5) for c in held_out]}))
+    seen = []
+
+    def fake_evaluate(overrides, checkpoint, cases, roots, flip=True):
+        seen.append((sorted(cases), flip))
+        return {"cases": [case(c, lambda t: 0.9 if t == -1.0 else 0.6) for c in cases]}
+
+    monkeypatch.setattr(calibrate_threshold, "evaluate_cases", fake_evaluate)
+    r = calibrate_threshold.calibrate("fixed4", 0, tmp_path / "out", tmp_path / "results", synthetic_dataset)
+    assert seen == [(sorted(train_sweep.case_name(e) for e in datalist["training"]), False)]  # never the held-out ones
+    assert r["threshold"] == -1.0 and r["training_cases"] == len(datalist["training"])
+    assert r["held_out"]["original"]["dice_at_0"][0] == pytest.approx(0.5)
+    assert r["held_out"]["skull_stripped"]["dice_calibrated"][0] == pytest.approx(0.8)
+    assert json.loads((kept / "calibration.json").read_text())["threshold"] == -1.0

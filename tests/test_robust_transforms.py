@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from monai_quantunet.data import load_datalist, make_skull_stripped_dataset
 from monai_quantunet.transforms import (
@@ -91,6 +92,22 @@ def test_augmentation_zooms_out_and_strips_sometimes():
     assert np.mean(areas) < float((item["image"] > 0.3).float().mean()) * 0.9  # smaller head in the field of view
     out = augment_transforms(prob=0.0)(dict(item))
     assert torch.equal(out["image"], item["image"]) and set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}
+
+
+def test_full_augmentation_keeps_the_lesion_and_its_label_in_register():
+    """Skull-stripping, zoom-out, flips and affine on together: the label still marks the bright lesion (the
+    augmentation is not why a short synthetic run can still answer background everywhere at logit 0)."""
+    image, _, lesion = _head(size=64, depth=1)
+    item = {"image": torch.as_tensor(image[..., 0][None] / 141, dtype=torch.float32),
+            "label": torch.as_tensor(lesion[..., 0][None], dtype=torch.float32)}
+    augment = augment_transforms(prob=1.0, skull_strip=1.0, zoom_out=1.0)
+    augment.set_random_state(0)
+    for _ in range(8):
+        out = augment(dict(item))
+        label = out["label"][0] > 0
+        assert label.sum() > 0.3 * lesion.sum()  # zoomed to >= 60%: >= 36% of the area
+        inner = torch.as_tensor(ndimage.binary_erosion(label.numpy()))  # off the interpolated rim
+        assert out["image"][0][inner].mean() > 0.75 > 0.6 > out["image"][0][~label & (out["image"][0] > 0.1)].mean()
 
 
 def test_skull_stripped_dataset_keeps_geometry_labels_and_split(synthetic_dataset, tmp_path):
