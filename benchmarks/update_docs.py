@@ -7,7 +7,7 @@ markers, and copies the figures to the bundle's ``docs/images``:
     python benchmarks/update_docs.py --sweep benchmarks/results/sweep --cost benchmarks/results/cost*.json \
         --chosen "learned@0.25:init4" --shipped "float=benchmarks/results/shipped/float/summary.json" \
         "fixed 4-bit=benchmarks/results/shipped/fixed4/summary.json" \
-        "shipped: learned (λ=0.25, from 4 bits)=benchmarks/results/shipped/learned/summary.json"
+        "shipped: learned (λ=0.125, from 4 bits)=benchmarks/results/shipped/learned/summary.json"
     python benchmarks/update_docs.py --cv benchmarks/results/sweep_cv   # after train_sweep.py --preset cv
     python benchmarks/update_docs.py --click-robot benchmarks/results/click_robot.json --finetune benchmarks/results/finetune.json
 
