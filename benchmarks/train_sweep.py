@@ -15,6 +15,9 @@ Run names:
     <quantized run>:kd          distillation from the float twin the run starts from (its logits on the same
                                 augmented slices; bundle ``distill_weight`` 1, ``teacher_checkpoint``)
     <any of these>:ctx<k>       2.5D: the slice and its neighbours as k input channels (bundle ``context_slices``)
+    <quantized run>:then<N>     (cross-validation) N more epochs from the run's last weights at learning rate
+                                ``CONTINUATION_LEARNING_RATE`` (a new cosine), learned widths frozen: the weights
+                                adapt to the final widths (the shipped recipe)
 
 Outputs: ``--out`` holds what is not kept (checkpoints, TensorBoard, logs): ``<out>/<run>/seed<k>/``. What the
 tables are made of is kept in the repository, ``--results`` (default ``benchmarks/results/sweep``):
@@ -100,7 +103,8 @@ PRESETS = {
 NETWORK_KEYS = ("quantization", "bit_width", "min_bit_width", "max_bit_width", "channels", "spatial_size", "context_slices")  # network_def arguments first
 DISTILL_WEIGHT = 1.0  # ":kd" runs: BCE against the float twin's probabilities, weighted as the BCE against the label
 KEPT_FILES = ("eval/summary.json", "eval/overlays.png", "bit_widths.json")  # from a run's folder; run.json is written
-_RUN_RE = re.compile(r"^(?P<kind>float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted|bops))?(?::init(?P<init>[2-8]))?)(?P<kd>:kd)?(?::ctx(?P<ctx>[0-9]+))?$")
+CONTINUATION_LEARNING_RATE = 5e-4  # ":then<N>" runs
+_RUN_RE = re.compile(r"^(?P<kind>float|fixed(?P<bits>[2-8])|learned@(?P<lam>[0-9.]+)(?::(?P<red>mean|size_weighted|bops))?(?::init(?P<init>[2-8]))?)(?P<kd>:kd)?(?::ctx(?P<ctx>[0-9]+))?(?::then(?P<then>[0-9]+))?$")
 
 
 def run_overrides(name: str) -> dict:
@@ -108,11 +112,11 @@ def run_overrides(name: str) -> dict:
     m = _RUN_RE.match(name)
     if not m:
         raise ValueError(f"bad run name {name!r}: use float, fixed<N> or learned@<lambda>[:mean|:size_weighted|:bops][:init<N>], "
-                         "then optionally :kd, then optionally :ctx<k>")
+                         "then optionally :kd, :ctx<k> and :then<N>, in this order")
     context = {"context_slices": int(m["ctx"])} if m["ctx"] else {}
     if m["kind"] == "float":
-        if m["kd"]:
-            raise ValueError(f"bad run name {name!r}: the float twin is the teacher, it is not distilled")
+        if m["kd"] or m["then"]:
+            raise ValueError(f"bad run name {name!r}: the float twin is the teacher (not distilled) and has no :then stage")
         return {"quantization": "float", **context}
     context |= {"distill_weight": DISTILL_WEIGHT} if m["kd"] else {}
     if m["bits"]:
@@ -126,6 +130,16 @@ def run_overrides(name: str) -> dict:
         "max_bit_width": init,
         **context,
     }
+
+
+def continuation_overrides(name: str, checkpoint: Path) -> dict:
+    """Bundle overrides of a ``:then<N>`` run's second stage, from ``checkpoint`` (the first stage's last
+    weights); ``{}`` for runs without one."""
+    epochs = int(_RUN_RE.match(name)["then"] or 0)
+    if not epochs:
+        return {}
+    return {"max_epochs": epochs, "val_interval": epochs, "learning_rate": CONTINUATION_LEARNING_RATE,
+            "init_checkpoint": str(checkpoint), "freeze_bit_widths": run_overrides(name)["quantization"] == "learned"}
 
 
 def run_dir(out: str | Path, name: str, seed: int | None = None) -> Path:
@@ -553,24 +567,33 @@ def cv_train_and_evaluate(name: str, fold: int, folds: list[list[str]], roots: d
     datalist = fold_datalist(Path(args.dataset_dir), folds[fold], out / "dataset.json")
     overrides = _overrides(name, args.seeds[0], args, out, datalist=str(datalist), max_epochs=epochs, val_interval=epochs,
                            init_checkpoint=float_init if run_overrides(name)["quantization"] == "float" else str(float_twin))
+    continuation = continuation_overrides(name, out / "stage1" / "model.pt")
+    stages = [(overrides | {"output_dir": str(out / "stage1"), "ckpt_dir": str(out / "stage1")}, out / "stage1"),
+              (overrides | continuation, out)] if continuation else [(overrides, out)]
     print(f"start {name} fold {fold}", flush=True)
     start = time.time()
-    if not (out / "model.pt").is_file():
-        _run_logged(_command("training", str(TRAIN_CONFIG), overrides), out / "train.log", args.threads or 1)
+    for stage_overrides, folder in stages:
+        if not (folder / "model.pt").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            _run_logged(_command("training", str(TRAIN_CONFIG), stage_overrides), folder / "train.log", args.threads or 1)
     wall = time.time() - start
     start = time.time()
     evaluation = evaluate_cases(overrides, out / "model.pt", folds[fold], roots)
     kept.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "bit_widths.json", kept / "bit_widths.json")
+    if continuation:  # the widths' history while they were learned
+        shutil.copyfile(out / "stage1" / "bit_widths.json", kept / "bit_widths_stage1.json")
     (kept / "cases.json").write_text(json.dumps(evaluation))
     record = {"run": name, "fold": fold, "overrides": overrides | {
                   "dataset_dir": Path(args.dataset_dir).name, "output_dir": "", "ckpt_dir": "", "datalist": "",
                   "init_checkpoint": Path(float_init).name if overrides["init_checkpoint"] == float_init
                   else "float/fold%d" % fold if overrides["init_checkpoint"] else "",
                   **({"teacher_checkpoint": "float/fold%d" % fold} if "teacher_checkpoint" in overrides else {})},
+              **({"continuation": continuation | {"init_checkpoint": "its first stage"}} if continuation else {}),
               "command": " ".join(["python", "benchmarks/train_sweep.py", *sys.argv[1:]]),
               "wall_seconds": wall, "evaluation_seconds": time.time() - start,
-              "epoch_seconds": epoch_seconds(out / "train.log"), "machine": machine_info()}
+              "epoch_seconds": [t for _, folder in stages for t in epoch_seconds(folder / "train.log")],
+              "machine": machine_info()}
     (kept / "run.json").write_text(json.dumps(record, indent=1))
     dice = statistics.fmean(_case_metrics(c)["dice"] for c in evaluation["cases"])
     print(f"done  {name} fold {fold}: {wall / 60:.1f} min, out-of-fold Dice {dice:.4f}", flush=True)
@@ -637,10 +660,11 @@ def cv_summary(cases_by_fold: dict[int, list[dict]]) -> dict[str, dict[str, floa
     return rows
 
 
-def cv_report(results: Path, reference: str = "fixed4") -> None:
+def cv_report(results: Path) -> None:
     """From the kept files alone: out-of-fold per-patient metrics of every arm, mean ± s.e. over patients, paired
-    differences to ``reference`` on the patients both have, bits averaged over folds; the fold-0 (validation
-    split) comparison with the baselines. Writes ``results.json``, ``results.md`` and ``cv.png``."""
+    differences to the fixed 4-bit arm (``fixed4``, or ``fixed4:then<N>``) on the patients both have, bits
+    averaged over folds; the fold-0 (validation split) comparison with the baselines. Writes ``results.json``,
+    ``results.md`` and ``cv.png``."""
     arms: dict[str, dict[int, dict]] = {}
     for record in sorted(results.glob("*/fold*/run.json")):
         run = json.loads(record.read_text())
@@ -648,6 +672,7 @@ def cv_report(results: Path, reference: str = "fixed4") -> None:
     if not arms:
         raise SystemExit(f"{results}: no fold results to report")
     folds = json.loads((results / "folds.json").read_text())["folds"]
+    reference = next((n for n in sorted(arms) if run_overrides(n) == {"quantization": "fixed", "bit_width": 4}), "fixed4")
     keys = ("dice", "dice_skull_stripped", "dice_flip_tta", "dice_skull_stripped_flip_tta", "dice_calibrated",
             "recall", "precision")
     rows = {name: cv_summary({f: r["cases"] for f, r in by_fold.items()}) for name, by_fold in arms.items()}
@@ -659,7 +684,9 @@ def cv_report(results: Path, reference: str = "fixed4") -> None:
              **{k: statistics.fmean(r["bits"][k] for r in by_fold.values()) for k in
                 ("mean_weight_bits", "size_weighted_weight_bits", "mean_activation_bits", "weight_memory_bytes")},
              "median_epoch_seconds": statistics.median(t for r in by_fold.values() for t in r["run"]["epoch_seconds"]),
-             "epochs": by_fold[min(by_fold)]["run"]["overrides"]["max_epochs"],
+             "epochs": "/".join(str(e) for e in sorted({sum(r["run"].get(stage, {}).get("max_epochs", 0)
+                                                                        for stage in ("overrides", "continuation"))
+                                                                    for r in by_fold.values()})),
              "calibrated_thresholds": sorted({r["calibrated_threshold"] for r in per_case.values()})}
         for other, k in ((reference, "dice"), (reference, "dice_skull_stripped"), ("float", "dice")):
             common = sorted(set(per_case) & set(rows.get(other, {})))

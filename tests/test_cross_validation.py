@@ -105,6 +105,36 @@ def test_distilled_run_names():
         train_sweep.run_overrides("float:kd")
 
 
+def test_then_runs_continue_from_their_first_stage_with_widths_frozen(tmp_path):
+    name = "learned@0.125:init4:kd:then10"
+    assert train_sweep.run_overrides(name) == train_sweep.run_overrides("learned@0.125:init4:kd")
+    stage2 = train_sweep.continuation_overrides(name, tmp_path / "stage1" / "model.pt")
+    assert stage2 == {"max_epochs": 10, "val_interval": 10, "learning_rate": train_sweep.CONTINUATION_LEARNING_RATE,
+                      "init_checkpoint": str(tmp_path / "stage1" / "model.pt"), "freeze_bit_widths": True}
+    assert train_sweep.continuation_overrides("fixed4:then3", tmp_path)["freeze_bit_widths"] is False
+    assert train_sweep.continuation_overrides("fixed4", tmp_path) == {}
+    for bad in ("float:then3", "fixed4:then3:kd"):
+        with pytest.raises(ValueError):
+            train_sweep.run_overrides(bad)
+    # the report pairs every arm with the fixed 4-bit arm of any schedule and shows each fold's total epochs
+    folds = [["p0", "p1"], ["p2", "p3"]]
+    (tmp_path / "folds.json").write_text(json.dumps({"folds": folds, "rule": "by hand"}))
+    bits = {"mean_weight_bits": 4.0, "size_weighted_weight_bits": 4.0, "mean_activation_bits": 4.0,
+            "weight_memory_bytes": 1000}
+    for arm, inter in (("fixed4:then10", 50), ("learned@0.125:init4:then10", 60)):
+        for f, cases in enumerate(folds):
+            kept = train_sweep.run_dir(tmp_path, arm) / f"fold{f}"
+            kept.mkdir(parents=True)
+            records = [_case(c, 100, {-4.0: (100, inter + i)}) for i, c in enumerate(cases)]
+            (kept / "cases.json").write_text(json.dumps({"cases": records, "bits": bits}))
+            (kept / "run.json").write_text(json.dumps({"run": arm, "fold": f, "epoch_seconds": [1.0],
+                                                       "overrides": {"max_epochs": 20 - 4 * f},
+                                                       "continuation": {"max_epochs": 10}}))
+    train_sweep.cv_report(tmp_path)
+    learned = json.loads((tmp_path / "results.json").read_text())["arms"]["learned@0.125:init4:then10"]
+    assert learned["dice - fixed4:then10"][:2] == pytest.approx([10.0, 0.0], abs=1e-9) and learned["epochs"] == "26/30"
+
+
 def test_threshold_is_calibrated_on_the_training_cases_and_only_read_off_the_held_out_ones(synthetic_dataset, tmp_path,
                                                                                            monkeypatch):
     import calibrate_threshold
