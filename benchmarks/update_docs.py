@@ -195,21 +195,36 @@ def sweep_block(results_dir: Path, chosen: str, images: Path) -> str:
     return docs
 
 
+def schedule(run: dict) -> str:
+    """One cross-validation run's training schedule in words, from its ``run.json``."""
+    o, then = run["overrides"], run.get("continuation")
+    init = o.get("init_checkpoint", "")
+    start = ("from random weights" if not init else "from the fold's float twin" if init.startswith("float/fold")
+             else f"fine-tuned from {init}")
+    text = f"{start}, {o['max_epochs']} epochs x {o['samples_per_epoch']} slices"
+    if then:
+        text += (f", then {then['max_epochs']} at learning rate {then['learning_rate']:g}"
+                 + (" with the widths frozen" if then["freeze_bit_widths"] else ""))
+    return text
+
+
 def cv_block(results_dir: Path, images: Path) -> str:
     """The cross-validation block (``train_sweep.py --folds``; ``cv_report`` already run): settings, machines,
     commands and wall time from the kept ``run.json`` files, then ``results.md``; copies ``cv.png`` to ``images``."""
     runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*/fold*/run.json"))]
     folds = json.loads((results_dir / "folds.json").read_text())
-    budgets = sorted({(run_overrides(r["run"])["quantization"] == "float", r["overrides"]["max_epochs"],
-                       r["overrides"]["samples_per_epoch"]) for r in runs})
-    settings = "; ".join(("float twin from random weights" if is_float else "quantized arms from the fold's float twin")
-                         + f": {e} epochs x {n} slices" for is_float, e, n in sorted(budgets, reverse=True))
+    schedules: dict[str, dict[str, list[int]]] = {}  # arm -> schedule -> folds
+    for r in sorted(runs, key=lambda r: (r["run"] != "float", r["run"], r["fold"])):
+        schedules.setdefault(r["run"], {}).setdefault(schedule(r), []).append(r["fold"])
+    settings = "; ".join(f"`{arm}`: " + ", ".join(f"{text} (fold{'s' * (len(f) > 1)} {', '.join(map(str, f))})"
+                                                  for text, f in by_schedule.items())
+                         for arm, by_schedule in schedules.items())
     wall = sum(r["wall_seconds"] + r["evaluation_seconds"] for r in runs) / 3600
     images.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(results_dir / "cv.png", images / "sweep_cv.png")
     return "\n".join([
         f"Machine: {'; '.join(sorted({describe(r['machine']) for r in runs}))}. {len(folds['folds'])} patient-level folds: "
-        f"{folds['rule'].replace('``', '`')} {settings[:1].upper() + settings[1:]}; batch 16, cosine learning rate, the last epoch's weights "
+        f"{folds['rule'].replace('``', '`')} Schedules, per arm: {settings}; batch 16, cosine learning rate, the last epoch's weights "
         f"(nothing selected on held-out patients); {len(runs)} runs, {wall:.1f} h of training and evaluation wall time. "
         "Commands:",
         "",
