@@ -63,21 +63,29 @@ def test_case_metrics_and_threshold_calibrated_on_the_other_folds():
     assert rows["a"]["dice_calibrated"] == pytest.approx(rows["a"]["dice"]) and rows["b"]["fold"] == 1
 
 
-def test_report_pairs_arms_on_patients_and_writes_tables(tmp_path):
+def _fold_results(root: Path, arms: dict[str, int], **run) -> None:
+    """Kept results of two folds of two patients for each arm (arm -> overlap voxels of its first patient, the
+    second one more, out of 100), as ``cv_report`` reads them; ``run``: extra ``run.json`` keys, a callable
+    value called with the fold."""
     folds = [["p0", "p1"], ["p2", "p3"]]
-    (tmp_path / "folds.json").write_text(json.dumps({"folds": folds, "rule": "by hand"}))
+    (root / "folds.json").write_text(json.dumps({"folds": folds, "rule": "by hand"}))
     bits = {"mean_weight_bits": 4.0, "size_weighted_weight_bits": 4.0, "mean_activation_bits": 4.0,
             "weight_memory_bytes": 1000}
-    for arm, inter in (("fixed4", 50), ("learned@0.125:init4:kd", 80)):
+    for arm, inter in arms.items():
         for f, cases in enumerate(folds):
-            kept = train_sweep.run_dir(tmp_path, arm) / f"fold{f}"
+            kept = train_sweep.run_dir(root, arm) / f"fold{f}"
             kept.mkdir(parents=True)
             records = [_case(c, 100, {-4.0: (100, inter + i)}) for i, c in enumerate(cases)]
             (kept / "cases.json").write_text(json.dumps({"cases": records, "bits": bits}))
-            (kept / "run.json").write_text(json.dumps({
-                "run": arm, "fold": f, "epoch_seconds": [1.0], "overrides": {"max_epochs": 2, "samples_per_epoch": 8},
-                "wall_seconds": 60.0, "evaluation_seconds": 30.0, "command": "python benchmarks/train_sweep.py --preset cv",
-                "machine": {"cpu": "test CPU", "logical_cores": 2, "memory_gib": 1.0, "gpu": None, "python": "3", "torch": "2"}}))
+            extra = {k: v(f) if callable(v) else v for k, v in run.items()}
+            (kept / "run.json").write_text(json.dumps({"run": arm, "fold": f, "epoch_seconds": [1.0], **extra}))
+
+
+def test_report_pairs_arms_on_patients_and_writes_tables(tmp_path):
+    _fold_results(tmp_path, {"fixed4": 50, "learned@0.125:init4:kd": 80},
+                  overrides={"max_epochs": 2, "samples_per_epoch": 8}, wall_seconds=60.0, evaluation_seconds=30.0,
+                  command="python benchmarks/train_sweep.py --preset cv",
+                  machine={"cpu": "test CPU", "logical_cores": 2, "memory_gib": 1.0, "gpu": None, "python": "3", "torch": "2"})
     train_sweep.cv_report(tmp_path)
     arms = json.loads((tmp_path / "results.json").read_text())["arms"]
     learned = arms["learned@0.125:init4:kd"]
@@ -117,19 +125,8 @@ def test_then_runs_continue_from_their_first_stage_with_widths_frozen(tmp_path):
         with pytest.raises(ValueError):
             train_sweep.run_overrides(bad)
     # the report pairs every arm with the fixed 4-bit arm of any schedule and shows each fold's total epochs
-    folds = [["p0", "p1"], ["p2", "p3"]]
-    (tmp_path / "folds.json").write_text(json.dumps({"folds": folds, "rule": "by hand"}))
-    bits = {"mean_weight_bits": 4.0, "size_weighted_weight_bits": 4.0, "mean_activation_bits": 4.0,
-            "weight_memory_bytes": 1000}
-    for arm, inter in (("fixed4:then10", 50), ("learned@0.125:init4:then10", 60)):
-        for f, cases in enumerate(folds):
-            kept = train_sweep.run_dir(tmp_path, arm) / f"fold{f}"
-            kept.mkdir(parents=True)
-            records = [_case(c, 100, {-4.0: (100, inter + i)}) for i, c in enumerate(cases)]
-            (kept / "cases.json").write_text(json.dumps({"cases": records, "bits": bits}))
-            (kept / "run.json").write_text(json.dumps({"run": arm, "fold": f, "epoch_seconds": [1.0],
-                                                       "overrides": {"max_epochs": 20 - 4 * f},
-                                                       "continuation": {"max_epochs": 10}}))
+    _fold_results(tmp_path, {"fixed4:then10": 50, "learned@0.125:init4:then10": 60},
+                  overrides=lambda f: {"max_epochs": 20 - 4 * f}, continuation={"max_epochs": 10})
     train_sweep.cv_report(tmp_path)
     learned = json.loads((tmp_path / "results.json").read_text())["arms"]["learned@0.125:init4:then10"]
     assert learned["dice - fixed4:then10"][:2] == pytest.approx([10.0, 0.0], abs=1e-9) and learned["epochs"] == "26/30"
