@@ -8,12 +8,12 @@ markers, and copies the figures to the bundle's ``docs/images``:
         --chosen "learned@0.25:init4" --shipped "float=benchmarks/results/shipped/float/summary.json" \
         "fixed 4-bit=benchmarks/results/shipped/fixed4/summary.json" \
         "shipped: learned (λ=0.125, from 4 bits)=benchmarks/results/shipped/learned/summary.json"
-    python benchmarks/update_docs.py --cv benchmarks/results/sweep_cv   # after train_sweep.py --preset cv
+    python benchmarks/update_docs.py --cv benchmarks/results/cv_long   # after train_sweep.py --folds (its README)
     python benchmarks/update_docs.py --click-robot benchmarks/results/click_robot.json --finetune benchmarks/results/finetune.json
 
 Each of ``--sweep``, ``--cost``, ``--shipped``, ``--cv`` rewrites only its own blocks. Results live in the bundle
 docs; the README carries only the table of the shipped models (``--shipped``), whose ``shipped...`` row also
-writes ``eval_metrics`` of the bundle's ``configs/metadata.json``.
+writes ``eval_metrics`` of the bundle's ``configs/metadata.json``, and the short out-of-fold table (``--cv``).
 """
 
 from __future__ import annotations
@@ -236,6 +236,20 @@ def cv_block(results_dir: Path, images: Path) -> str:
     ])
 
 
+def cv_summary_table(results_dir: Path) -> str:
+    """The README's short out-of-fold table (``cv_report``'s ``results.json``): bits, Dice on the original and the
+    skull-stripped volumes, paired difference to the fixed 4-bit arm."""
+    arms = json.loads((results_dir / "results.json").read_text())["arms"]
+    lines = ["| arm (patients out of fold) | weight bits (simple / size-weighted) | act bits | Dice ± s.e. | "
+             "skull-stripped Dice ± s.e. | Δ vs fixed 4-bit, points |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, a in arms.items():
+        delta = next((f"{v[0]:+.2f} ± {v[1]:.2f}" for k, v in a.items() if k.startswith("dice - fixed4")), "n/a")
+        lines.append(f"| {name} ({a['patients']}) | {a['mean_weight_bits']:.2f} / {a['size_weighted_weight_bits']:.2f} | "
+                     f"{a['mean_activation_bits']:.2f} | {a['dice'][0]:.4f} ± {a['dice'][1]:.4f} | "
+                     f"{a['dice_skull_stripped'][0]:.4f} ± {a['dice_skull_stripped'][1]:.4f} | {delta} |")
+    return "\n".join(lines)
+
+
 def cost_block(costs: list[dict]) -> str:
     """Per cost.py report (one per machine): machine, code commit, command and its tables."""
     sections = []
@@ -255,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="cost.py JSON reports, one per machine (e.g. benchmarks/results/cost*.json)")
     parser.add_argument("--shipped", nargs="+", default=None, metavar="NAME=SUMMARY_JSON",
                         help="evaluations of the shipped models (bundle evaluate.json's summary.json), in table order")
-    parser.add_argument("--cv", default=None, help="train_sweep.py --folds results folder (e.g. benchmarks/results/sweep_cv)")
+    parser.add_argument("--cv", default=None, help="train_sweep.py --folds results folder (e.g. benchmarks/results/cv_long)")
     parser.add_argument("--click-robot", default=None, help="click_robot.py JSON (-> the interactive bundle docs)")
     parser.add_argument("--finetune", default=None, help="finetune.py JSON (-> slicer_app/README.md)")
     parser.add_argument("--interactive-docs", default=str(INTERACTIVE_DOCS), help="the interactive bundle's docs README")
@@ -276,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         write_eval_metrics(docs_dir.parent / "configs" / "metadata.json", shipped)
     if args.cv:
         docs_blocks["cv"] = cv_block(Path(args.cv), docs_dir / "images")
+        readme_blocks["cv"] = cv_summary_table(Path(args.cv))
     if args.click_robot:
         result = json.loads(Path(args.click_robot).read_text())
         interactive_docs = Path(args.interactive_docs)

@@ -97,12 +97,14 @@ def test_report_pairs_arms_on_patients_and_writes_tables(tmp_path):
     docs.mkdir()
     block = "<!-- BEGIN generated: cv (x) -->\nSTALE\n<!-- END generated: cv -->\n"
     (docs / "README.md").write_text("# bundle\n" + block)
-    (tmp_path / "README.md").write_text("# top-level README: results live in the bundle docs\n")
+    (tmp_path / "README.md").write_text("# top-level README\n" + block)
     update_docs.main(["--cv", str(tmp_path), "--bundle-docs", str(docs), "--readme", str(tmp_path / "README.md")])
     text = (docs / "README.md").read_text()
     assert "STALE" not in text and "| learned@0.125:init4:kd | 2 (4) |" in text and "0.1 h of training" in text
     assert (docs / "images" / "sweep_cv.png").is_file() and "| fixed4 |" in text
-    assert (tmp_path / "README.md").read_text() == "# top-level README: results live in the bundle docs\n"
+    readme = (tmp_path / "README.md").read_text()
+    assert "STALE" not in readme and "| learned@0.125:init4:kd (4) | 4.00 / 4.00 | 4.00 | 0.8050 ± 0.0029 |" in readme
+    assert "| fixed4 (4) |" in readme and "+30.00 ± 0.00 |" in readme
 
 
 def test_distilled_run_names():
