@@ -660,6 +660,11 @@ def cv_summary(cases_by_fold: dict[int, list[dict]]) -> dict[str, dict[str, floa
     return rows
 
 
+def total_epochs(run: dict) -> int:
+    """Training epochs of one cross-validation run (its ``run.json``), both stages of a ``:then<N>`` run."""
+    return run["overrides"]["max_epochs"] + run.get("continuation", {}).get("max_epochs", 0)
+
+
 def cv_report(results: Path) -> None:
     """From the kept files alone: out-of-fold per-patient metrics of every arm, mean ± s.e. over patients, paired
     differences to the fixed 4-bit arm (``fixed4``, or ``fixed4:then<N>``) on the patients both have, bits
@@ -684,9 +689,7 @@ def cv_report(results: Path) -> None:
              **{k: statistics.fmean(r["bits"][k] for r in by_fold.values()) for k in
                 ("mean_weight_bits", "size_weighted_weight_bits", "mean_activation_bits", "weight_memory_bytes")},
              "median_epoch_seconds": statistics.median(t for r in by_fold.values() for t in r["run"]["epoch_seconds"]),
-             "epochs": "/".join(str(e) for e in sorted({sum(r["run"].get(stage, {}).get("max_epochs", 0)
-                                                                        for stage in ("overrides", "continuation"))
-                                                                    for r in by_fold.values()})),
+             "epochs": "/".join(str(e) for e in sorted({total_epochs(r["run"]) for r in by_fold.values()})),
              "calibrated_thresholds": sorted({r["calibrated_threshold"] for r in per_case.values()})}
         for other, k in ((reference, "dice"), (reference, "dice_skull_stripped"), ("float", "dice")):
             common = sorted(set(per_case) & set(rows.get(other, {})))
@@ -705,7 +708,7 @@ def cv_report(results: Path) -> None:
             per_case = {c: r for c, r in rows[name].items() if r["fold"] == 0}
             baselines[f"new: {name} (fold 0)"] = {"run": name, "bits": arms[name][0]["bits"],
                                                   **{k: _mean_se([r[k] for r in per_case.values()]) for k in keys}}
-    (results / "results.json").write_text(json.dumps({"folds": folds, "thresholds": THRESHOLDS, "arms": summary,
+    (results / "results.json").write_text(json.dumps({"folds": folds, "thresholds": THRESHOLDS, "reference": reference, "arms": summary,
                                                       "per_patient": rows, "validation_split": baselines}, indent=1))
     text = cv_markdown(summary, baselines, reference)
     (results / "results.md").write_text(text)

@@ -239,11 +239,12 @@ def cv_block(results_dir: Path, images: Path) -> str:
 def cv_summary_table(results_dir: Path) -> str:
     """The README's short out-of-fold table (``cv_report``'s ``results.json``): bits, Dice on the original and the
     skull-stripped volumes, paired difference to the fixed 4-bit arm."""
-    arms = json.loads((results_dir / "results.json").read_text())["arms"]
+    results = json.loads((results_dir / "results.json").read_text())
+    arms, reference = results["arms"], results["reference"]
     lines = ["| arm (patients out of fold) | weight bits (simple / size-weighted) | act bits | Dice ± s.e. | "
              "skull-stripped Dice ± s.e. | Δ vs fixed 4-bit, points |", "| --- | --- | --- | --- | --- | --- |"]
     for name, a in arms.items():
-        delta = next((f"{v[0]:+.2f} ± {v[1]:.2f}" for k, v in a.items() if k.startswith("dice - fixed4")), "n/a")
+        delta = f"{a[f'dice - {reference}'][0]:+.2f} ± {a[f'dice - {reference}'][1]:.2f}" if name != reference else "n/a"
         lines.append(f"| {name} ({a['patients']}) | {a['mean_weight_bits']:.2f} / {a['size_weighted_weight_bits']:.2f} | "
                      f"{a['mean_activation_bits']:.2f} | {a['dice'][0]:.4f} ± {a['dice'][1]:.4f} | "
                      f"{a['dice_skull_stripped'][0]:.4f} ± {a['dice_skull_stripped'][1]:.4f} | {delta} |")
